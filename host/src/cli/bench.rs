@@ -1,0 +1,193 @@
+//! `wtq bench sandbox`: the per-task cost of the sandbox, printed as figures.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use super::{Failure, current_thread_runtime, exit};
+use crate::sandbox::{
+    self, CallRequest, Component, Limits, Metering, Outcome, Sandbox, SandboxConfig,
+};
+use crate::units::format_duration;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Cost of a fresh instance per task for `math.add`, and of fuel and epochs on `fib`.
+    Sandbox(SandboxBench),
+}
+
+#[derive(Debug, Args)]
+struct SandboxBench {
+    /// The math example component.
+    #[arg(
+        long,
+        default_value = "guest-examples/target/wasm32-wasip2/release/math.wasm"
+    )]
+    component: PathBuf,
+    /// Calls of `add` per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    iterations: usize,
+    /// Argument of `fib` for the metering comparison.
+    #[arg(long, default_value_t = 27)]
+    fib: u32,
+    /// Interleaved rounds of `fib` per metering mode.
+    #[arg(long, default_value_t = 15)]
+    rounds: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<u8, Failure> {
+    match args.what {
+        BenchCommand::Sandbox(bench) => sandbox_bench(bench),
+    }
+}
+
+fn sandbox_bench(bench: SandboxBench) -> Result<u8, Failure> {
+    let wasm = std::fs::read(&bench.component).map_err(|error| {
+        Failure::new(
+            exit::INVALID_COMPONENT,
+            format!(
+                "cannot read `{}`: {error}; build the examples first (see README)",
+                bench.component.display()
+            ),
+        )
+    })?;
+    let runtime = current_thread_runtime()?;
+    let internal = |error: sandbox::Error| Failure::new(exit::INTERNAL, error.to_string());
+    let fresh = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        concurrency: 4,
+        ..SandboxConfig::default()
+    })
+    .map_err(internal)?;
+    let warm = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        concurrency: 4,
+        max_tasks_per_instance: u32::MAX,
+        ..SandboxConfig::default()
+    })
+    .map_err(internal)?;
+
+    runtime.block_on(async {
+        let component = fresh
+            .load(wasm.clone(), Metering::Fuel)
+            .await
+            .map_err(internal)?;
+        let reusing = warm.load(wasm, Metering::Fuel).await.map_err(internal)?;
+        println!(
+            "wtq bench sandbox: {} calls of math.add([20,22]) on one thread, full call path \
+             (limits, log, output checks), {:?} allocator",
+            bench.iterations,
+            fresh.allocator(Metering::Fuel).map_err(internal)?
+        );
+        let metered = Limits::default();
+        let unmetered = Limits {
+            fuel: None,
+            ..Limits::default()
+        };
+        for (label, component, limits) in [
+            ("fresh instance, fuel + epoch", &component, metered),
+            ("fresh instance, epoch only", &component, unmetered),
+            ("warm instance reused, fuel + epoch", &reusing, metered),
+        ] {
+            let times = add_calls(component, limits, bench.iterations).await?;
+            print_figures(label, &times);
+        }
+
+        println!(
+            "\nfib({}): fresh instance per call, median of {} interleaved rounds, raw call path",
+            bench.fib, bench.rounds
+        );
+        let args = format!("[{}]", bench.fib);
+        let modes = [Metering::None, Metering::Epoch, Metering::Fuel];
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+        for _ in 0..bench.rounds {
+            for (mode, samples) in modes.iter().zip(&mut times) {
+                let round = sandbox::bench::raw_calls(&component, *mode, "fib", &args, 1)
+                    .await
+                    .map_err(internal)?;
+                samples.extend(round);
+            }
+        }
+        let base = median(&mut times[0]);
+        for (mode, samples) in modes.iter().zip(&mut times) {
+            let value = median(samples);
+            let overhead = (value.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
+            println!(
+                "  {:<6} {:>10}  ({overhead:+.1}% vs no metering)",
+                mode.as_str(),
+                format_duration(value)
+            );
+        }
+        let report = component
+            .call(&CallRequest {
+                task: "fib",
+                args: &args,
+                task_id: "bench",
+                attempt: 1,
+                tenant: "",
+                limits: metered,
+            })
+            .await
+            .map_err(internal)?;
+        if let Some(fuel) = report.fuel {
+            println!("  fib({}) consumes {fuel} fuel", bench.fib);
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+async fn add_calls(
+    component: &Component,
+    limits: Limits,
+    iterations: usize,
+) -> Result<Vec<Duration>, Failure> {
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let report = component
+            .call(&CallRequest {
+                task: "add",
+                args: "[20,22]",
+                task_id: "bench",
+                attempt: 1,
+                tenant: "",
+                limits,
+            })
+            .await
+            .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+        times.push(started.elapsed());
+        if !matches!(report.outcome, Outcome::Success { .. }) {
+            return Err(Failure::new(
+                exit::INTERNAL,
+                format!("math.add failed during the benchmark: {:?}", report.outcome),
+            ));
+        }
+    }
+    Ok(times)
+}
+
+fn print_figures(label: &str, times: &[Duration]) {
+    let total: Duration = times.iter().sum();
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let p50 = sorted[sorted.len() / 2];
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    let per_second = times.len() as f64 / total.as_secs_f64();
+    println!(
+        "  {label:<36} median {:>9}  p99 {:>9}  {per_second:>9.0} tasks/s on one core",
+        format_duration(p50),
+        format_duration(p99)
+    );
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}

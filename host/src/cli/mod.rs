@@ -1,0 +1,163 @@
+//! The `wtq` command line: parses arguments into a validated config and calls one library
+//! function per command. Errors print one line on stderr and map to documented exit codes.
+
+mod bench;
+mod limits;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::sandbox::FailureKind;
+
+/// wtq: a distributed task queue whose tasks are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "wtq", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one task of a component locally, with no server, in the workers' sandbox.
+    Run(Box<run::RunArgs>),
+    /// Measure the sandbox or the queue and print the figures.
+    Bench(bench::BenchArgs),
+}
+
+/// Exit codes, documented in the README. Scripts may rely on them.
+pub mod exit {
+    /// The task succeeded.
+    pub const SUCCESS: u8 = 0;
+    /// The task returned an error (`task_failed`) or an output that is not JSON.
+    pub const TASK_FAILED: u8 = 1;
+    /// The command line was wrong: an unknown flag, a bad limit value, malformed JSON.
+    pub const USAGE: u8 = 2;
+    /// The task asked to be retried.
+    pub const RETRY: u8 = 3;
+    /// The guest trapped.
+    pub const TRAP: u8 = 4;
+    /// The arguments do not fit the task (type, arity), or the task does not exist.
+    pub const INVALID_ARGS: u8 = 5;
+    /// The file is unreadable or not a valid task component.
+    pub const INVALID_COMPONENT: u8 = 6;
+    /// `time_limit_exceeded`.
+    pub const TIME_LIMIT: u8 = 10;
+    /// `out_of_fuel`.
+    pub const OUT_OF_FUEL: u8 = 11;
+    /// `memory_limit_exceeded`.
+    pub const MEMORY_LIMIT: u8 = 12;
+    /// `stack_overflow`.
+    pub const STACK_OVERFLOW: u8 = 13;
+    /// `output_too_large`.
+    pub const OUTPUT_TOO_LARGE: u8 = 14;
+    /// `args_too_large`.
+    pub const ARGS_TOO_LARGE: u8 = 15;
+    /// The host itself failed (engine, cache, I/O).
+    pub const INTERNAL: u8 = 70;
+}
+
+/// The exit code for a failed call.
+pub fn failure_exit_code(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::TaskFailed | FailureKind::InvalidOutput => exit::TASK_FAILED,
+        FailureKind::InvalidArgs | FailureKind::UnknownTask => exit::INVALID_ARGS,
+        FailureKind::Trap => exit::TRAP,
+        FailureKind::TimeLimitExceeded => exit::TIME_LIMIT,
+        FailureKind::OutOfFuel => exit::OUT_OF_FUEL,
+        FailureKind::MemoryLimitExceeded => exit::MEMORY_LIMIT,
+        FailureKind::StackOverflow => exit::STACK_OVERFLOW,
+        FailureKind::OutputTooLarge => exit::OUTPUT_TOO_LARGE,
+        FailureKind::ArgsTooLarge => exit::ARGS_TOO_LARGE,
+    }
+}
+
+/// A command's failure: one line for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_failure(error),
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(*args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", one_line(&failure.message));
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Help and version go to stdout as usual; a usage error is printed as its first line only.
+fn clap_failure(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let _ = error.print();
+        return ExitCode::from(if error.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::SUCCESS
+        });
+    }
+    let rendered = error.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("error: {first} (see `wtq --help`)");
+    ExitCode::from(exit::USAGE)
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WTQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A runtime for commands that run on one thread (`wtq run`, benchmarks).
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            Failure::new(
+                exit::INTERNAL,
+                format!("starting the async runtime: {error}"),
+            )
+        })
+}

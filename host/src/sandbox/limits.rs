@@ -1,0 +1,55 @@
+//! Per-call limits: what a single task call may consume before the host stops it.
+//!
+//! Every limit has a default here, can be overridden per call, and when hit fails the call with
+//! its own [`FailureKind`](super::FailureKind). The wasm stack is engine-wide (wasmtime sets it
+//! per `Engine`), so it lives in [`SandboxConfig`](super::SandboxConfig) instead.
+
+use std::time::Duration;
+
+/// Wall-clock time a call may take, including time blocked in host calls (sleeps, I/O).
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(300);
+/// Fuel budget of a call: about a minute of busy guest CPU (a tight loop burns 1e9 fuel in
+/// 60–90 ms here), so the wall-clock limit usually speaks first and fuel stays the
+/// deterministic budget and billing unit.
+pub const DEFAULT_FUEL: u64 = 1_000_000_000_000;
+/// Linear memory plus tables a call may hold at once.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// Size of the JSON output a call may return (results are stored in Redis).
+pub const DEFAULT_OUTPUT: u64 = 1 << 20;
+/// Size of the task log (host `log` lines plus stdout and stderr); the rest is dropped.
+pub const DEFAULT_LOG: u64 = 64 << 10;
+/// Size of the JSON arguments a call may receive.
+pub const DEFAULT_ARGS: u64 = 1 << 20;
+/// Bytes charged per table element against the memory limit (one pointer-sized slot).
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// The limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time limit (Celery's `time_limit`).
+    pub time: Duration,
+    /// Fuel budget; `None` runs the call on the unmetered engine, which is faster on
+    /// call-heavy code but reports no fuel.
+    pub fuel: Option<u64>,
+    /// Linear memory plus tables, in bytes.
+    pub memory: u64,
+    /// Largest output, in bytes of JSON.
+    pub output: u64,
+    /// Largest task log, in bytes; overflow is truncated, never fatal.
+    pub log: u64,
+    /// Largest arguments, in bytes of JSON.
+    pub args: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time: DEFAULT_TIME_LIMIT,
+            fuel: Some(DEFAULT_FUEL),
+            memory: DEFAULT_MEMORY,
+            output: DEFAULT_OUTPUT,
+            log: DEFAULT_LOG,
+            args: DEFAULT_ARGS,
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! The sandbox: runs one call of a task component under limits, in a fresh (or recycled)
+//! wasmtime instance.
+//!
+//! Owns the engines (one per [`Metering`] mode, created on first use), the compiled-component
+//! cache, instance recycling and every per-call limit. It does not know where components come
+//! from (the registry) or where calls come from (the broker). Only this module speaks wasmtime.
+//!
+//! Entry points: [`Sandbox::new`], [`Sandbox::load`], [`Component::call`].
+
+pub mod bench;
+mod bindings;
+mod cache;
+pub mod engine;
+mod limits;
+mod outcome;
+mod state;
+mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::units::{format_bytes, format_duration};
+use bindings::{Task, TaskContext, TaskError, TaskPre};
+pub use cache::CompileSource;
+pub use engine::{Allocator, Metering};
+pub use limits::*;
+pub use outcome::{CallReport, FailureKind, Outcome, Progress};
+use state::{HostState, MemoryLimitExceeded};
+pub use validate::TASKS_EXPORT;
+
+/// Default wasm stack: recursion deeper than this fails as `stack_overflow`.
+pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
+/// Default memory high-water mark: a recycled instance holding more than this after a call is
+/// dropped instead of being kept warm.
+pub const DEFAULT_RECYCLE_MEMORY: u64 = 64 << 20;
+/// Default number of calls that may run at once in one process.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Limits for asking a component which tasks it offers at load time.
+const LIST_LIMITS: Limits = Limits {
+    time: Duration::from_secs(10),
+    fuel: Some(10_000_000_000),
+    memory: DEFAULT_MEMORY,
+    output: 4 << 20,
+    log: DEFAULT_LOG,
+    args: 0,
+};
+
+/// Errors of the host side: loading a component, or infrastructure failing during a call.
+/// A guest's failure is never one of these; it is an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "not a WebAssembly file (no `\\0asm` header); build the task with `cargo build --target wasm32-wasip2`"
+    )]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component; build it with `--target wasm32-wasip2` or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error(
+        "the component does not export {what} (it exports: {found}); export its tasks with `wtq_sdk::export!`"
+    )]
+    MissingExport { what: String, found: String },
+    #[error(
+        "the component imports `{0}`, which the host does not grant (granted: wtq:task/host and the WASI p2 cli, clocks, filesystem, io, random and sockets interfaces, with no files, network or environment)"
+    )]
+    DisallowedImport(String),
+    #[error("listing the component's tasks failed: {0}")]
+    List(String),
+    #[error("compiled-artifact cache at {}: {error}", path.display())]
+    Cache {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("creating the wasm engine: {0}")]
+    Engine(String),
+    #[error("instantiating the component: {0}")]
+    Instantiate(String),
+}
+
+impl Error {
+    fn compile(error: wasmtime::Error) -> Self {
+        Error::Invalid(format!("{error:#}"))
+    }
+}
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Calls that may run at once; sizes the instance pool.
+    pub concurrency: u32,
+    /// Wasm stack size in bytes (engine-wide).
+    pub max_wasm_stack: usize,
+    /// Calls one instance may serve before it is dropped; 1 means a fresh instance per call.
+    pub max_tasks_per_instance: u32,
+    /// An instance holding more memory than this after a call is not reused.
+    pub recycle_memory: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: default_cache_dir(),
+            concurrency: DEFAULT_CONCURRENCY,
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            max_tasks_per_instance: 1,
+            recycle_memory: DEFAULT_RECYCLE_MEMORY,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/wtq` or `~/.cache/wtq`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wtq"))
+}
+
+/// One task a component offers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub doc: String,
+    /// Parameter names in positional order.
+    pub params: Vec<String>,
+}
+
+/// One call to make.
+#[derive(Debug, Clone)]
+pub struct CallRequest<'a> {
+    /// Task name within the component, e.g. `add`.
+    pub task: &'a str,
+    /// JSON arguments: an array (positional) or an object (keyword).
+    pub args: &'a str,
+    pub task_id: &'a str,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Empty outside the hosted service. Recycled instances never cross tenants.
+    pub tenant: &'a str,
+    pub limits: Limits,
+}
+
+/// The engines and caches of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: SandboxConfig,
+    cache: Option<cache::ArtifactCache>,
+    runtimes: Mutex<HashMap<Metering, Arc<Runtime>>>,
+    /// Instances kept warm across all components, bounded so they cannot exhaust the pool.
+    warm_instances: AtomicU32,
+}
+
+/// An engine and the linker that grants the host's imports on it.
+struct Runtime {
+    engine: wasmtime::Engine,
+    allocator: Allocator,
+    linker: Linker<HostState>,
+}
+
+impl Sandbox {
+    /// Opens the artifact cache. Engines are created on first use.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .map(cache::ArtifactCache::open)
+            .transpose()?;
+        Ok(Sandbox {
+            shared: Arc::new(Shared {
+                config,
+                cache,
+                runtimes: Mutex::new(HashMap::new()),
+                warm_instances: AtomicU32::new(0),
+            }),
+        })
+    }
+
+    /// The settings this sandbox was created with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+
+    /// The allocator the engine for `metering` uses (creating the engine if needed).
+    pub fn allocator(&self, metering: Metering) -> Result<Allocator, Error> {
+        Ok(self.shared.runtime(metering)?.allocator)
+    }
+
+    /// Validates `wasm` as a task component, compiles it for `metering` (through the cache)
+    /// and asks it for its tasks. Compiling blocks the calling thread on a cache miss.
+    pub async fn load(&self, wasm: Vec<u8>, metering: Metering) -> Result<Component, Error> {
+        validate::header(&wasm)?;
+        let digest = hex(&Sha256::digest(&wasm));
+        let mut inner = ComponentInner {
+            shared: self.shared.clone(),
+            digest,
+            wasm,
+            tasks: Vec::new(),
+            compile_source: CompileSource::Compiled,
+            prepared: Mutex::new(HashMap::new()),
+        };
+        let (prepared, source) = inner.prepare(metering)?;
+        inner.tasks = list_tasks(&self.shared, &prepared).await?;
+        inner.compile_source = source;
+        Ok(Component(Arc::new(inner)))
+    }
+}
+
+impl Shared {
+    fn runtime(&self, metering: Metering) -> Result<Arc<Runtime>, Error> {
+        let mut runtimes = self.runtimes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(runtime) = runtimes.get(&metering) {
+            return Ok(runtime.clone());
+        }
+        let slots = self.config.concurrency.max(1);
+        let warm = if self.config.max_tasks_per_instance > 1 {
+            slots
+        } else {
+            0
+        };
+        // One extra slot for the instance that lists a component's tasks during a load.
+        let settings = engine::EngineSettings {
+            metering,
+            instance_slots: slots + warm + 1,
+            max_wasm_stack: self.config.max_wasm_stack,
+        };
+        let (engine, allocator) =
+            engine::build(settings).map_err(|error| Error::Engine(format!("{error:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state))
+            .map_err(|error| Error::Engine(format!("{error:#}")))?;
+        let runtime = Arc::new(Runtime {
+            engine,
+            allocator,
+            linker,
+        });
+        runtimes.insert(metering, runtime.clone());
+        Ok(runtime)
+    }
+}
+
+/// A validated, compiled task component. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct Component(Arc<ComponentInner>);
+
+struct ComponentInner {
+    shared: Arc<Shared>,
+    digest: String,
+    /// Kept to compile for the other metering mode on demand.
+    wasm: Vec<u8>,
+    tasks: Vec<TaskInfo>,
+    compile_source: CompileSource,
+    prepared: Mutex<HashMap<Metering, Arc<Prepared>>>,
+}
+
+/// A component compiled and linked for one engine, with its warm instances.
+struct Prepared {
+    metering: Metering,
+    runtime: Arc<Runtime>,
+    pre: TaskPre<HostState>,
+    warm: Mutex<Vec<WarmInstance>>,
+}
+
+/// An instance kept for its next call (`max_tasks_per_instance` > 1).
+struct WarmInstance {
+    store: Store<HostState>,
+    task: Task,
+    tenant: String,
+    calls: u32,
+}
+
+impl Component {
+    /// The sha-256 of the component's bytes, in hex.
+    pub fn digest(&self) -> &str {
+        &self.0.digest
+    }
+
+    /// The tasks the component offers, in its own order.
+    pub fn tasks(&self) -> &[TaskInfo] {
+        &self.0.tasks
+    }
+
+    /// The task called `name`, if the component offers it.
+    pub fn task(&self, name: &str) -> Option<&TaskInfo> {
+        self.0.tasks.iter().find(|task| task.name == name)
+    }
+
+    /// Whether the load compiled the component or found it in the cache.
+    pub fn compile_source(&self) -> &CompileSource {
+        &self.0.compile_source
+    }
+
+    /// Runs one call. `Err` only for host failures; every guest behaviour, including every
+    /// limit being hit, is an [`Outcome`] in the report.
+    pub async fn call(&self, request: &CallRequest<'_>) -> Result<CallReport, Error> {
+        let started = Instant::now();
+        let limits = request.limits;
+        if self.task(request.task).is_none() {
+            let known: Vec<&str> = self.0.tasks.iter().map(|task| task.name.as_str()).collect();
+            let message = format!(
+                "unknown task `{}`; this component offers: {}",
+                request.task,
+                known.join(", ")
+            );
+            return Ok(CallReport::early(
+                FailureKind::UnknownTask,
+                message,
+                started,
+            ));
+        }
+        if request.args.len() as u64 > limits.args {
+            let message = format!(
+                "arguments too large: {} of JSON, over the {} argument limit",
+                format_bytes(request.args.len() as u64),
+                format_bytes(limits.args)
+            );
+            return Ok(CallReport::early(
+                FailureKind::ArgsTooLarge,
+                message,
+                started,
+            ));
+        }
+        let metering = if limits.fuel.is_some() {
+            Metering::Fuel
+        } else {
+            Metering::Epoch
+        };
+        let (prepared, _) = self.0.prepare(metering)?;
+        run(&self.0.shared, &prepared, request, started).await
+    }
+}
+
+impl ComponentInner {
+    /// The component compiled for `metering`, compiling it on first use.
+    fn prepare(&self, metering: Metering) -> Result<(Arc<Prepared>, CompileSource), Error> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ready) = prepared.get(&metering) {
+            return Ok((ready.clone(), CompileSource::Cached));
+        }
+        let runtime = self.shared.runtime(metering)?;
+        let (component, source) = match &self.shared.cache {
+            Some(cache) => cache.load(&runtime.engine, metering, &self.digest, &self.wasm)?,
+            None => cache::compile(&runtime.engine, &self.wasm)?,
+        };
+        validate::interface(&runtime.engine, &component)?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .and_then(TaskPre::new)
+            .map_err(|error| Error::Invalid(format!("{error:#}")))?;
+        let ready = Arc::new(Prepared {
+            metering,
+            runtime,
+            pre,
+            warm: Mutex::new(Vec::new()),
+        });
+        prepared.insert(metering, ready.clone());
+        Ok((ready, source))
+    }
+}
+
+impl Drop for ComponentInner {
+    fn drop(&mut self) {
+        let prepared = self
+            .prepared
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ready in prepared.values() {
+            let warm = ready
+                .warm
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u32;
+            self.shared
+                .warm_instances
+                .fetch_sub(warm, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The time limit fired inside wasm (at an epoch tick).
+#[derive(Debug, thiserror::Error)]
+#[error("time limit exceeded")]
+struct TimeLimitExceeded;
+
+/// How the instantiate + call step ended, before classification.
+enum Step {
+    Returned(Result<String, TaskError>),
+    Trapped(wasmtime::Error),
+    TimedOut,
+}
+
+async fn run(
+    shared: &Shared,
+    prepared: &Prepared,
+    request: &CallRequest<'_>,
+    started: Instant,
+) -> Result<CallReport, Error> {
+    let limits = request.limits;
+    let deadline = started + limits.time;
+    let context = TaskContext {
+        task_id: request.task_id.to_string(),
+        task_name: request.task.to_string(),
+        attempt: request.attempt,
+        tenant: request.tenant.to_string(),
+        deadline_unix_ms: unix_ms(SystemTime::now() + limits.time),
+    };
+    let warm = take_warm(shared, prepared, request.tenant, limits.memory);
+    let reused_instance = warm.is_some();
+    let (mut store, instance, calls) = match warm {
+        Some(mut warm) => {
+            warm.store
+                .data_mut()
+                .reset(context, limits.memory, limits.log);
+            (warm.store, Some(warm.task), warm.calls)
+        }
+        None => {
+            let state = HostState::new(context, limits.memory, limits.log);
+            let mut store = Store::new(&prepared.runtime.engine, state);
+            store.limiter(|state| &mut state.limiter);
+            (store, None, 0)
+        }
+    };
+    if let Some(budget) = limits.fuel {
+        store
+            .set_fuel(budget)
+            .map_err(|error| Error::Instantiate(format!("{error:#}")))?;
+    }
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(TimeLimitExceeded.into())
+        } else {
+            // Yield at every tick: other calls on this thread get a turn, and the timeout
+            // below gets a chance to fire.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let mut instance_out = None;
+    let step = {
+        let store = &mut store;
+        let instance_out = &mut instance_out;
+        // Epoch ticks stop wasm that computes; this timeout stops wasm blocked in a host call
+        // (a WASI sleep or poll), which epochs cannot interrupt.
+        let call = async move {
+            let task = match instance {
+                Some(task) => task,
+                None => match prepared.pre.instantiate_async(&mut *store).await {
+                    Ok(task) => task,
+                    Err(error) => return Err(error),
+                },
+            };
+            let result = task
+                .wtq_task_tasks()
+                .call_call(&mut *store, request.task, request.args)
+                .await;
+            *instance_out = Some(task);
+            result
+        };
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(returned)) => Step::Returned(returned),
+            Ok(Err(error)) => Step::Trapped(error),
+            Err(_) => Step::TimedOut,
+        }
+    };
+
+    if let Step::Trapped(error) = &step
+        && error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    {
+        return Err(Error::Instantiate(format!("{error:#}")));
+    }
+    let fuel = limits
+        .fuel
+        .map(|budget| budget.saturating_sub(store.get_fuel().unwrap_or(0)));
+    let state = store.data_mut();
+    let peak_memory = state.limiter.peak;
+    let log = state.log.take();
+    let progress = state.progress.take();
+    let outcome = classify(step, &limits, shared.config.max_wasm_stack);
+    let poisoned = match &outcome {
+        Outcome::Failure { kind, .. } => kind.poisons_instance(),
+        _ => false,
+    };
+    if let Some(task) = instance_out
+        && !poisoned
+    {
+        keep_warm(shared, prepared, store, task, request.tenant, calls + 1);
+    }
+    Ok(CallReport {
+        outcome,
+        duration: started.elapsed(),
+        fuel,
+        peak_memory,
+        log,
+        progress,
+        reused_instance,
+    })
+}
+
+fn take_warm(
+    shared: &Shared,
+    prepared: &Prepared,
+    tenant: &str,
+    memory_limit: u64,
+) -> Option<WarmInstance> {
+    if shared.config.max_tasks_per_instance <= 1 {
+        return None;
+    }
+    let mut warm = prepared.warm.lock().unwrap_or_else(PoisonError::into_inner);
+    let index = warm.iter().position(|instance| {
+        instance.tenant == tenant && instance.store.data().limiter.current() <= memory_limit
+    })?;
+    shared.warm_instances.fetch_sub(1, Ordering::Relaxed);
+    Some(warm.swap_remove(index))
+}
+
+fn keep_warm(
+    shared: &Shared,
+    prepared: &Prepared,
+    store: Store<HostState>,
+    task: Task,
+    tenant: &str,
+    calls: u32,
+) {
+    let config = &shared.config;
+    if calls >= config.max_tasks_per_instance
+        || store.data().limiter.current() > config.recycle_memory
+    {
+        return;
+    }
+    let kept = shared.warm_instances.fetch_add(1, Ordering::Relaxed);
+    if kept >= config.concurrency {
+        shared.warm_instances.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let instance = WarmInstance {
+        store,
+        task,
+        tenant: tenant.to_string(),
+        calls,
+    };
+    prepared
+        .warm
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(instance);
+}
+
+fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Outcome {
+    let failure = |kind, message: String| Outcome::Failure { kind, message };
+    let time_limit = || {
+        failure(
+            FailureKind::TimeLimitExceeded,
+            format!(
+                "time limit exceeded: the task ran longer than its {} time limit",
+                format_duration(limits.time)
+            ),
+        )
+    };
+    match step {
+        Step::TimedOut => time_limit(),
+        Step::Returned(Ok(output)) => {
+            if output.len() as u64 > limits.output {
+                return failure(
+                    FailureKind::OutputTooLarge,
+                    format!(
+                        "output too large: the task returned {} of JSON, over its {} output limit",
+                        format_bytes(output.len() as u64),
+                        format_bytes(limits.output)
+                    ),
+                );
+            }
+            if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+                return failure(
+                    FailureKind::InvalidOutput,
+                    format!("the task returned an output that is not JSON: {error}"),
+                );
+            }
+            Outcome::Success { output }
+        }
+        Step::Returned(Err(TaskError::Fail(message))) => failure(FailureKind::TaskFailed, message),
+        Step::Returned(Err(TaskError::InvalidArgs(message))) => {
+            failure(FailureKind::InvalidArgs, message)
+        }
+        Step::Returned(Err(TaskError::Retry(request))) => Outcome::Retry {
+            message: request.message,
+            countdown: request.countdown_ms.map(Duration::from_millis),
+        },
+        Step::Trapped(error) => {
+            if error.downcast_ref::<TimeLimitExceeded>().is_some() {
+                return time_limit();
+            }
+            if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
+                return failure(
+                    FailureKind::MemoryLimitExceeded,
+                    format!(
+                        "memory limit exceeded: the task asked for {} of linear memory and tables, over its {} memory limit",
+                        format_bytes(exceeded.requested),
+                        format_bytes(exceeded.limit)
+                    ),
+                );
+            }
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => failure(
+                    FailureKind::OutOfFuel,
+                    format!(
+                        "out of fuel: the task used up its budget of {} fuel",
+                        limits.fuel.unwrap_or(0)
+                    ),
+                ),
+                Some(Trap::StackOverflow) => failure(
+                    FailureKind::StackOverflow,
+                    format!(
+                        "stack overflow: the task recursed past the {} wasm stack",
+                        format_bytes(max_wasm_stack as u64)
+                    ),
+                ),
+                Some(Trap::Interrupt) => time_limit(),
+                Some(trap) => failure(FailureKind::Trap, format!("the task trapped: {trap}")),
+                None => failure(FailureKind::Trap, format!("the task trapped: {error:#}")),
+            }
+        }
+    }
+}
+
+async fn list_tasks(shared: &Shared, prepared: &Prepared) -> Result<Vec<TaskInfo>, Error> {
+    let limits = LIST_LIMITS;
+    let state = HostState::new(
+        TaskContext {
+            task_id: String::new(),
+            task_name: String::new(),
+            attempt: 0,
+            tenant: String::new(),
+            deadline_unix_ms: unix_ms(SystemTime::now() + limits.time),
+        },
+        limits.memory,
+        limits.log,
+    );
+    let mut store = Store::new(&prepared.runtime.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    if prepared.metering == Metering::Fuel {
+        store
+            .set_fuel(limits.fuel.unwrap_or(0))
+            .map_err(|e| Error::List(format!("{e:#}")))?;
+    }
+    let deadline = Instant::now() + limits.time;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(TimeLimitExceeded.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    let listed = tokio::time::timeout_at(deadline.into(), async {
+        let task = prepared.pre.instantiate_async(&mut store).await?;
+        task.wtq_task_tasks().call_list(&mut store).await
+    })
+    .await;
+    let tasks = match listed {
+        Ok(Ok(tasks)) => tasks,
+        Ok(Err(error)) => {
+            let outcome = classify(Step::Trapped(error), &limits, shared.config.max_wasm_stack);
+            let message = match outcome {
+                Outcome::Failure { message, .. } => message,
+                other => format!("{other:?}"),
+            };
+            return Err(Error::List(message));
+        }
+        Err(_) => return Err(Error::List(format!("no answer within {:?}", limits.time))),
+    };
+    if tasks.is_empty() {
+        return Err(Error::List("the component offers no tasks".to_string()));
+    }
+    Ok(tasks
+        .into_iter()
+        .map(|task| TaskInfo {
+            name: task.name,
+            doc: task.doc,
+            params: task.params,
+        })
+        .collect())
+}
+
+impl CallReport {
+    /// A report for a call refused before reaching the guest.
+    fn early(kind: FailureKind, message: String, started: Instant) -> CallReport {
+        CallReport {
+            outcome: Outcome::Failure { kind, message },
+            duration: started.elapsed(),
+            fuel: None,
+            peak_memory: 0,
+            log: String::new(),
+            progress: None,
+            reused_instance: false,
+        }
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
