@@ -1,0 +1,191 @@
+//! The developer commands, in one place and in plain Rust so they work on a machine with only
+//! rustup and cargo:
+//!
+//! - `cargo xtask demo`   build the examples and run a few of their tasks with `wtq run`
+//! - `cargo xtask test`   everything CI checks: guests, the whole test suite, fmt and clippy
+//! - `cargo xtask lint`   `cargo fmt --check` and `cargo clippy -D warnings`
+//! - `cargo xtask guests` build the guest examples (`wasm32-wasip2` components)
+//! - `cargo xtask bench`  `wtq bench sandbox` on a release build
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "demo" => demo(),
+        "test" => test(),
+        "lint" => lint(),
+        "guests" => guests(),
+        "bench" => bench(),
+        _ => Err(format!(
+            "unknown command `{task}`; use one of: demo, test, lint, guests, bench"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ sits in the repository")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}").replace('"', "");
+    eprintln!("$ {shown}");
+    let status = command
+        .status()
+        .map_err(|error| format!("{shown}: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Installs the guest target if rustup lacks it, then builds the examples.
+fn guests() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line.trim() == GUEST_TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        run(Command::new("rustup").args(["target", "add", GUEST_TARGET]))?;
+    }
+    run(cargo()
+        .args(["build", "--release"])
+        .current_dir(root().join("guest-examples")))
+}
+
+fn test() -> Result<(), String> {
+    guests()?;
+    run(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    lint()
+}
+
+fn lint() -> Result<(), String> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["fmt", "--all", "--check"])
+        .current_dir(root().join("guest-examples")))?;
+    run(cargo()
+        .args(["clippy", "--release", "--", "-D", "warnings"])
+        .current_dir(root().join("guest-examples")))
+}
+
+fn demo() -> Result<(), String> {
+    guests()?;
+    // The dev profile optimises dependencies (wasmtime, Cranelift) and shares its build with
+    // `cargo xtask test`, so the demo does not pay for a second, release build of wasmtime.
+    run(cargo().args(["build", "--package", "wtq"]))?;
+    let wtq = root().join("target/debug/wtq");
+    let example = |name: &str| format!("guest-examples/target/{GUEST_TARGET}/release/{name}.wasm");
+    let steps: [(&str, Vec<String>, bool); 6] = [
+        (
+            "the math component's tasks",
+            vec![example("math"), "--list".into()],
+            true,
+        ),
+        (
+            "add two numbers",
+            vec![example("math"), "add".into(), "[2,3]".into()],
+            true,
+        ),
+        (
+            "keyword arguments",
+            vec![
+                example("math"),
+                "add".into(),
+                "[2]".into(),
+                "--kwargs".into(),
+                r#"{"y":40}"#.into(),
+            ],
+            true,
+        ),
+        (
+            "count words",
+            vec![
+                example("text"),
+                "word_count".into(),
+                r#"["the quick brown fox\njumps"]"#.into(),
+            ],
+            true,
+        ),
+        (
+            "a report with fuel and memory",
+            vec![
+                example("math"),
+                "fib".into(),
+                "[25]".into(),
+                "--json".into(),
+            ],
+            true,
+        ),
+        (
+            "a runaway task, stopped at its 1 s time limit",
+            vec![
+                example("chaos"),
+                "spin".into(),
+                "--time-limit".into(),
+                "1s".into(),
+            ],
+            false,
+        ),
+    ];
+    for (title, args, should_succeed) in steps {
+        println!("\n# {title}\n$ wtq run {}", args.join(" "));
+        let status = Command::new(&wtq)
+            .args(&args)
+            .current_dir(root())
+            .status()
+            .map_err(|error| format!("running {}: {error}", wtq.display()))?;
+        if status.success() != should_succeed {
+            return Err(format!("`wtq run {}` ended with {status}", args.join(" ")));
+        }
+    }
+    println!("\nAll demo steps behaved as expected.");
+    Ok(())
+}
+
+fn bench() -> Result<(), String> {
+    guests()?;
+    run(cargo().args([
+        "run",
+        "--release",
+        "--package",
+        "wtq",
+        "--",
+        "bench",
+        "sandbox",
+    ]))
+}
