@@ -118,7 +118,7 @@ pub mod __private {
     }
 
     pub use bindings::export;
-    pub use tasks::{Guest, TaskError as WitTaskError, TaskInfo};
+    pub use tasks::{Guest, TaskError as WitTaskError};
 
     /// One `#[task]` function as `export!` sees it.
     #[derive(Debug, Clone, Copy)]
@@ -133,16 +133,16 @@ pub mod __private {
         pub call: fn(&str) -> Result<String, TaskError>,
     }
 
-    /// `tasks.list`: the exported tasks in `export!` order.
-    pub fn list(tasks: &[TaskDef]) -> Vec<tasks::TaskInfo> {
-        tasks
+    /// `tasks.list`: the exported tasks in `export!` order, as the JSON array the WIT
+    /// describes.
+    pub fn list(tasks: &[TaskDef]) -> String {
+        let entries: Vec<serde_json::Value> = tasks
             .iter()
-            .map(|task| tasks::TaskInfo {
-                name: task.name.to_owned(),
-                doc: task.doc.to_owned(),
-                params: task.params.iter().map(|p| (*p).to_owned()).collect(),
+            .map(|task| {
+                serde_json::json!({ "name": task.name, "doc": task.doc, "params": task.params })
             })
-            .collect()
+            .collect();
+        serde_json::Value::Array(entries).to_string()
     }
 
     /// `tasks.call`: runs task `name` with JSON `args`.

@@ -394,5 +394,20 @@ mod bad_input {
             "plenty".as_ref(),
         ]);
         run.fails_with(2, "invalid number `plenty`");
+        let run = Wtq::new().run([
+            guest("math").as_os_str(),
+            "add".as_ref(),
+            "[1,2]".as_ref(),
+            "--time-limit".as_ref(),
+            "10000000000000000000".as_ref(),
+        ]);
+        run.fails_with(2, "--time-limit");
+        assert!(run.stderr.contains("out of range"), "{}", run.stderr);
+    }
+
+    #[test]
+    fn a_missing_task_name_says_which_argument() {
+        let run = Wtq::new().run([guest("math").as_os_str()]);
+        run.fails_with(2, "<TASK>");
     }
 }

@@ -234,7 +234,14 @@ async fn a_spinning_task_does_not_starve_others_on_its_thread() {
 #[tokio::test]
 async fn the_task_has_no_filesystem_network_or_environment() {
     let chaos = load(&sandbox(1), "chaos").await;
-    let Outcome::Success { output } = call(&chaos, "probe", "[]", Limits::default()).await else {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let port = listener.local_addr().expect("its address").port();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the host can connect"
+    );
+    let args = format!("[{port}]");
+    let Outcome::Success { output } = call(&chaos, "probe", &args, Limits::default()).await else {
         panic!("probe runs");
     };
     let probe: serde_json::Value = serde_json::from_str(&output).expect("JSON");

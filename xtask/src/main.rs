@@ -82,7 +82,25 @@ fn test() -> Result<(), String> {
     guests()?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    // The guests' pure logic (markdown, slugify, ...) is unit-tested natively.
+    let host = host_triple()?;
+    run(cargo()
+        .args(["test", "--target", &host])
+        .current_dir(root().join("guest-examples")))?;
     lint()
+}
+
+/// The triple rustc builds for by default, e.g. `x86_64-unknown-linux-gnu`.
+fn host_triple() -> Result<String, String> {
+    let output = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .map_err(|error| format!("rustc -vV: {error}"))?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .map(str::to_string)
+        .ok_or_else(|| "rustc -vV printed no host triple".to_string())
 }
 
 fn lint() -> Result<(), String> {

@@ -131,11 +131,12 @@ fn context() -> wtq_sdk::Context {
 }
 
 /// Reports what the sandbox lets the task reach: environment variables, arguments, the root
-/// directory and an outbound TCP connection (to loopback, so the probe never leaves the machine).
+/// directory, and an outbound TCP connection to `port` on loopback (a listener the test opens,
+/// so a refusal proves the sandbox, not an empty port).
 #[task]
-fn probe() -> Value {
+fn probe(port: u16) -> Value {
     let root_readable = std::fs::read_dir("/").is_ok();
-    let tcp_connect = std::net::TcpStream::connect("127.0.0.1:6379").is_ok();
+    let tcp_connect = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     serde_json::json!({
         "env_vars": std::env::vars().count(),
         "args": std::env::args().count(),

@@ -82,8 +82,14 @@ impl LimitArgs {
                 units::format_bytes(MAX_MEMORY)
             ));
         }
-        if self.time_limit.is_some_and(|time| time.is_zero()) {
-            return Err("--time-limit must be more than 0".into());
+        if let Some(time) = self.time_limit
+            && (time.is_zero() || time > sandbox::MAX_TIME_LIMIT)
+        {
+            return Err(format!(
+                "--time-limit {} is out of range: use more than 0 and at most {}",
+                units::format_duration(time),
+                units::format_duration(sandbox::MAX_TIME_LIMIT)
+            ));
         }
         Ok(Limits {
             time: self.time_limit.unwrap_or(defaults.time),

@@ -110,14 +110,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Help and version go to stdout as usual; a usage error is printed as its first line only.
+/// Help and version go to stdout as usual; a usage error is printed as one line.
 fn clap_failure(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
         error.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    {
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = error.print();
         return ExitCode::from(if error.use_stderr() {
             exit::USAGE
@@ -125,18 +126,44 @@ fn clap_failure(error: clap::Error) -> ExitCode {
             exit::SUCCESS
         });
     }
+    // clap's first paragraph is the error (a missing argument's name is on its second line);
+    // the usage and "--help" hints follow after a blank line.
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
-        .find(|line| !line.trim().is_empty())
+    let paragraph = rendered
+        .split("\n\n")
+        .next()
         .unwrap_or("invalid command line");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("error: {first} (see `wtq --help`)");
+    let message = one_line(paragraph);
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("error: {message} (see `wtq --help`)");
     ExitCode::from(exit::USAGE)
 }
 
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+/// `message` on one line, with control characters (which could be terminal escape sequences
+/// from a guest) made visible instead of interpreted.
+pub fn one_line(message: &str) -> String {
+    visible(&message.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// `text` with control characters other than newline and tab escaped.
+pub fn visible(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let keep = !c.is_control() || c == '\n' || c == '\t';
+            let escaped: Vec<char> = if keep {
+                vec![c]
+            } else {
+                c.escape_default().collect()
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// Writes a line to stdout; a closed stdout (`wtq run ... | head -1`) is not an error.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn init_tracing() {

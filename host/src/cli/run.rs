@@ -6,8 +6,8 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::limits::LimitArgs;
-use super::{Failure, current_thread_runtime, exit, failure_exit_code};
-use crate::sandbox::{CallReport, Component, Metering, Outcome, Sandbox};
+use super::{Failure, current_thread_runtime, exit, failure_exit_code, say, visible};
+use crate::sandbox::{CallReport, Component, Outcome, Sandbox};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -63,11 +63,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             ),
         )
     })?;
-    let metering = if limits.fuel.is_some() {
-        Metering::Fuel
-    } else {
-        Metering::Epoch
-    };
+    let metering = limits.metering();
     let sandbox =
         Sandbox::new(config).map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
     let runtime = current_thread_runtime()?;
@@ -119,15 +115,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .block_on(component.call(&request))
         .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
     if args.log && !report.log.is_empty() {
-        eprint!("{}", report.log);
+        eprint!("{}", visible(&report.log));
     }
     if args.json {
-        println!("{}", report_json(name, &task_id, &component, &report));
+        say(report_json(name, &task_id, &component, &report));
     }
     match &report.outcome {
         Outcome::Success { output } => {
             if !args.json {
-                println!("{output}");
+                say(output);
             }
             Ok(exit::SUCCESS)
         }
@@ -176,16 +172,13 @@ fn abbreviate(text: &str) -> String {
 
 fn print_tasks(component: &Component, as_json: bool) {
     if as_json {
-        println!(
-            "{}",
-            json!({ "digest": component.digest(), "tasks": component.tasks() })
-        );
+        say(json!({ "digest": component.digest(), "tasks": component.tasks() }));
         return;
     }
     for task in component.tasks() {
         let signature = format!("{}({})", task.name, task.params.join(", "));
-        let doc = task.doc.lines().next().unwrap_or_default();
-        println!("{signature:<24} {doc}");
+        let doc = super::one_line(task.doc.lines().next().unwrap_or_default());
+        say(format!("{signature:<24} {doc}"));
     }
 }
 

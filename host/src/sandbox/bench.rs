@@ -1,25 +1,25 @@
 //! Measurements of the sandbox itself, for `wtq bench sandbox`: the raw cost of a fresh
-//! instance per call on each metering mode, without the limits bookkeeping of a real call.
+//! instance per call on each metering mode, without the bookkeeping of a real call.
 
 use std::time::{Duration, Instant};
 
-use wasmtime::Store;
-
 use super::bindings::TaskContext;
 use super::state::HostState;
-use super::{Component, Error, Metering};
+use super::{Component, Error, MAX_TIME_LIMIT, Metering};
 
 /// Wall time of one fresh store + instantiate + call + drop of `task(args)` on an engine that
-/// meters `metering`, `rounds` times; the guest's result is ignored.
+/// meters `metering` (with a budget that cannot run out), `rounds` times; the guest's result is
+/// ignored.
 pub async fn raw_calls(
     component: &Component,
     metering: Metering,
     task: &str,
     args: &str,
-    rounds: usize,
+    rounds: u32,
 ) -> Result<Vec<Duration>, Error> {
     let (prepared, _) = component.0.prepare(metering)?;
-    let mut times = Vec::with_capacity(rounds);
+    let fuel = (metering == Metering::Fuel).then_some(u64::MAX);
+    let mut times = Vec::with_capacity(rounds as usize);
     for _ in 0..rounds {
         let started = Instant::now();
         let context = TaskContext {
@@ -29,21 +29,8 @@ pub async fn raw_calls(
             tenant: String::new(),
             deadline_unix_ms: 0,
         };
-        let mut store = Store::new(
-            &prepared.runtime.engine,
-            HostState::new(context, 1 << 30, 1 << 16),
-        );
-        store.limiter(|state| &mut state.limiter);
-        match metering {
-            Metering::Fuel => {
-                store
-                    .set_fuel(u64::MAX)
-                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-                store.set_epoch_deadline(u64::MAX / 2);
-            }
-            Metering::Epoch => store.set_epoch_deadline(u64::MAX / 2),
-            Metering::None => {}
-        }
+        let state = HostState::new(context, 1 << 30, 1 << 16);
+        let mut store = super::new_store(&prepared, state, fuel, started + MAX_TIME_LIMIT)?;
         let instance = prepared
             .pre
             .instantiate_async(&mut store)

@@ -9,5 +9,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::wtq::task::tasks::TaskError;
-pub use wtq::task::host::{LogLevel, TaskContext};
+pub use self::exports::wtq::task::tasks::TaskError;
+pub use self::wtq::task::host::{LogLevel, TaskContext};

@@ -42,13 +42,20 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    /// Opens (creating if needed) the cache directory and its key.
+    /// Opens (creating if needed, mode 0700) the cache directory and its key. A directory or
+    /// key another user could write is refused: whoever can plant both a key and an artifact
+    /// there could run native code in this process.
     pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
         let io = |error: std::io::Error| Error::Cache {
             path: dir.to_path_buf(),
             error,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(io)?;
+        private(dir).map_err(io)?;
         let key = read_or_create_key(&dir.join(KEY_FILE)).map_err(io)?;
         Ok(ArtifactCache {
             dir: dir.to_path_buf(),
@@ -110,8 +117,13 @@ impl ArtifactCache {
     fn store(&self, name: &str, path: &Path, body: &[u8]) -> std::io::Result<()> {
         let tag = hmac(&self.key, &[name.as_bytes(), body]);
         // Write then rename, so a concurrent reader sees the old file or the whole new one.
-        let temporary = self.dir.join(format!("{name}.{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&temporary)?;
+        let temporary = self
+            .dir
+            .join(format!("{name}.{}.tmp", uuid::Uuid::new_v4()));
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
         file.write_all(MAGIC)?;
         file.write_all(&tag)?;
         file.write_all(body)?;
@@ -146,10 +158,38 @@ fn deserialize(engine: &Engine, body: &[u8]) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize(engine, body) }
 }
 
+/// Fails unless `path` belongs to this process's user and no one else may write it.
+#[cfg(unix)]
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    // The owner of /proc/self is the process's effective user: no libc call needed.
+    let me = std::fs::metadata("/proc/self").map(|own| own.uid()).ok();
+    if me.is_some_and(|uid| uid != metadata.uid()) {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to another user; use a cache directory of your own (--cache-dir)",
+            path.display()
+        )));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} can be written by other users; make it private (chmod go-w) or use another --cache-dir",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 fn read_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     if let Ok(bytes) = std::fs::read(path)
         && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
     {
+        private(path)?;
         return Ok(key);
     }
     let mut key = [0u8; 32];
@@ -158,7 +198,7 @@ fn read_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
+    let temporary = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4()));
     options.open(&temporary)?.write_all(&key)?;
     // If another process created a key at the same time, the later rename wins and the loser's
     // artifacts simply fail verification once and are recompiled.
@@ -205,6 +245,20 @@ mod tests {
             hex,
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_cache_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let error = ArtifactCache::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("can be written by other users"), "{error}");
     }
 
     #[test]

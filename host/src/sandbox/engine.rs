@@ -28,6 +28,15 @@ pub enum Metering {
 }
 
 impl Metering {
+    /// A dense index, for per-mode tables.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Metering::Epoch => 0,
+            Metering::Fuel => 1,
+            Metering::None => 2,
+        }
+    }
+
     /// A short name used in cache keys and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -100,7 +109,9 @@ fn config(settings: EngineSettings, pool: Option<PoolingAllocationConfig>) -> Co
 fn pool(slots: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        .total_core_instances(slots.saturating_mul(4))
+        // Enough for every slot to hold a component with the most core instances allowed
+        // (a componentize-py guest has 38): core-instance slots are only address space.
+        .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(2))
         .total_stacks(slots)

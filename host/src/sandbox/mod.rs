@@ -12,6 +12,7 @@ mod bindings;
 mod cache;
 pub mod engine;
 mod limits;
+mod listing;
 mod outcome;
 mod state;
 mod validate;
@@ -19,7 +20,7 @@ mod validate;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -32,7 +33,7 @@ pub use cache::CompileSource;
 pub use engine::{Allocator, Metering};
 pub use limits::*;
 pub use outcome::{CallReport, FailureKind, Outcome, Progress};
-use state::{HostState, MemoryLimitExceeded};
+use state::{HostState, MemoryLimitExceeded, truncate};
 pub use validate::TASKS_EXPORT;
 
 /// Default wasm stack: recursion deeper than this fails as `stack_overflow`.
@@ -42,15 +43,9 @@ pub const DEFAULT_MAX_WASM_STACK: usize = 1 << 20;
 pub const DEFAULT_RECYCLE_MEMORY: u64 = 64 << 20;
 /// Default number of calls that may run at once in one process.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
-/// Limits for asking a component which tasks it offers at load time.
-const LIST_LIMITS: Limits = Limits {
-    time: Duration::from_secs(10),
-    fuel: Some(10_000_000_000),
-    memory: DEFAULT_MEMORY,
-    output: 4 << 20,
-    log: DEFAULT_LOG,
-    args: 0,
-};
+/// Longest time limit a call may have; longer requests are cut to this (a deadline further
+/// away is indistinguishable from none, and `Instant` arithmetic must not overflow).
+pub const MAX_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Errors of the host side: loading a component, or infrastructure failing during a call.
 /// A guest's failure is never one of these; it is an [`Outcome`].
@@ -175,13 +170,17 @@ struct Runtime {
 }
 
 impl Sandbox {
-    /// Opens the artifact cache. Engines are created on first use.
+    /// Opens the artifact cache (running without one if it is unusable). Engines are created
+    /// on first use.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
-        let cache = config
-            .cache_dir
-            .as_deref()
-            .map(cache::ArtifactCache::open)
-            .transpose()?;
+        // A cache that cannot be used costs compile time, not correctness: run without it.
+        let cache = config.cache_dir.as_deref().and_then(|dir| {
+            cache::ArtifactCache::open(dir)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "compiled-artifact cache unusable; compiling every time")
+                })
+                .ok()
+        });
         Ok(Sandbox {
             shared: Arc::new(Shared {
                 config,
@@ -213,10 +212,10 @@ impl Sandbox {
             wasm,
             tasks: Vec::new(),
             compile_source: CompileSource::Compiled,
-            prepared: Mutex::new(HashMap::new()),
+            prepared: Default::default(),
         };
         let (prepared, source) = inner.prepare(metering)?;
-        inner.tasks = list_tasks(&self.shared, &prepared).await?;
+        inner.tasks = listing::list(&prepared).await?;
         inner.compile_source = source;
         Ok(Component(Arc::new(inner)))
     }
@@ -267,11 +266,12 @@ struct ComponentInner {
     wasm: Vec<u8>,
     tasks: Vec<TaskInfo>,
     compile_source: CompileSource,
-    prepared: Mutex<HashMap<Metering, Arc<Prepared>>>,
+    /// One compiled form per metering mode, made on first use.
+    prepared: [OnceLock<Arc<Prepared>>; 3],
 }
 
 /// A component compiled and linked for one engine, with its warm instances.
-struct Prepared {
+pub(crate) struct Prepared {
     metering: Metering,
     runtime: Arc<Runtime>,
     pre: TaskPre<HostState>,
@@ -337,21 +337,18 @@ impl Component {
                 started,
             ));
         }
-        let metering = if limits.fuel.is_some() {
-            Metering::Fuel
-        } else {
-            Metering::Epoch
-        };
-        let (prepared, _) = self.0.prepare(metering)?;
-        run(&self.0.shared, &prepared, request, started).await
+        let (prepared, _) = self.0.prepare(limits.metering())?;
+        run(&self.0.shared, &prepared, request).await
     }
 }
 
 impl ComponentInner {
-    /// The component compiled for `metering`, compiling it on first use.
+    /// The component compiled for `metering`, compiling it on first use. The compile runs
+    /// outside any lock, so calls of an already-prepared mode never wait for it; two first
+    /// calls racing may both compile, and the first to finish wins.
     fn prepare(&self, metering: Metering) -> Result<(Arc<Prepared>, CompileSource), Error> {
-        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(ready) = prepared.get(&metering) {
+        let slot = &self.prepared[metering.index()];
+        if let Some(ready) = slot.get() {
             return Ok((ready.clone(), CompileSource::Cached));
         }
         let runtime = self.shared.runtime(metering)?;
@@ -371,18 +368,13 @@ impl ComponentInner {
             pre,
             warm: Mutex::new(Vec::new()),
         });
-        prepared.insert(metering, ready.clone());
-        Ok((ready, source))
+        Ok((slot.get_or_init(|| ready).clone(), source))
     }
 }
 
 impl Drop for ComponentInner {
     fn drop(&mut self) {
-        let prepared = self
-            .prepared
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        for ready in prepared.values() {
+        for ready in self.prepared.iter().filter_map(OnceLock::get) {
             let warm = ready
                 .warm
                 .lock()
@@ -398,10 +390,10 @@ impl Drop for ComponentInner {
 /// The time limit fired inside wasm (at an epoch tick).
 #[derive(Debug, thiserror::Error)]
 #[error("time limit exceeded")]
-struct TimeLimitExceeded;
+pub(crate) struct TimeLimitExceeded;
 
 /// How the instantiate + call step ended, before classification.
-enum Step {
+pub(crate) enum Step {
     Returned(Result<String, TaskError>),
     Trapped(wasmtime::Error),
     TimedOut,
@@ -411,16 +403,19 @@ async fn run(
     shared: &Shared,
     prepared: &Prepared,
     request: &CallRequest<'_>,
-    started: Instant,
 ) -> Result<CallReport, Error> {
+    // The clock starts once the component is compiled: a compile is the host's cost, not the
+    // task's.
+    let started = Instant::now();
     let limits = request.limits;
-    let deadline = started + limits.time;
+    let time = limits.time.min(MAX_TIME_LIMIT);
+    let deadline = started + time;
     let context = TaskContext {
         task_id: request.task_id.to_string(),
         task_name: request.task.to_string(),
         attempt: request.attempt,
         tenant: request.tenant.to_string(),
-        deadline_unix_ms: unix_ms(SystemTime::now() + limits.time),
+        deadline_unix_ms: unix_ms(SystemTime::now() + time),
     };
     let warm = take_warm(shared, prepared, request.tenant, limits.memory);
     let reused_instance = warm.is_some();
@@ -429,30 +424,14 @@ async fn run(
             warm.store
                 .data_mut()
                 .reset(context, limits.memory, limits.log);
+            arm(&mut warm.store, limits.fuel, deadline)?;
             (warm.store, Some(warm.task), warm.calls)
         }
         None => {
             let state = HostState::new(context, limits.memory, limits.log);
-            let mut store = Store::new(&prepared.runtime.engine, state);
-            store.limiter(|state| &mut state.limiter);
-            (store, None, 0)
+            (new_store(prepared, state, limits.fuel, deadline)?, None, 0)
         }
     };
-    if let Some(budget) = limits.fuel {
-        store
-            .set_fuel(budget)
-            .map_err(|error| Error::Instantiate(format!("{error:#}")))?;
-    }
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(TimeLimitExceeded.into())
-        } else {
-            // Yield at every tick: other calls on this thread get a turn, and the timeout
-            // below gets a chance to fire.
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
 
     let mut instance_out = None;
     let step = {
@@ -566,14 +545,14 @@ fn keep_warm(
         .push(instance);
 }
 
-fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Outcome {
+pub(crate) fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Outcome {
     let failure = |kind, message: String| Outcome::Failure { kind, message };
     let time_limit = || {
         failure(
             FailureKind::TimeLimitExceeded,
             format!(
                 "time limit exceeded: the task ran longer than its {} time limit",
-                format_duration(limits.time)
+                format_duration(limits.time.min(MAX_TIME_LIMIT))
             ),
         )
     };
@@ -598,12 +577,14 @@ fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Outcome {
             }
             Outcome::Success { output }
         }
-        Step::Returned(Err(TaskError::Fail(message))) => failure(FailureKind::TaskFailed, message),
+        Step::Returned(Err(TaskError::Fail(message))) => {
+            failure(FailureKind::TaskFailed, truncate(message, MAX_MESSAGE))
+        }
         Step::Returned(Err(TaskError::InvalidArgs(message))) => {
-            failure(FailureKind::InvalidArgs, message)
+            failure(FailureKind::InvalidArgs, truncate(message, MAX_MESSAGE))
         }
         Step::Returned(Err(TaskError::Retry(request))) => Outcome::Retry {
-            message: request.message,
+            message: truncate(request.message, MAX_MESSAGE),
             countdown: request.countdown_ms.map(Duration::from_millis),
         },
         Step::Trapped(error) => {
@@ -643,63 +624,37 @@ fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Outcome {
     }
 }
 
-async fn list_tasks(shared: &Shared, prepared: &Prepared) -> Result<Vec<TaskInfo>, Error> {
-    let limits = LIST_LIMITS;
-    let state = HostState::new(
-        TaskContext {
-            task_id: String::new(),
-            task_name: String::new(),
-            attempt: 0,
-            tenant: String::new(),
-            deadline_unix_ms: unix_ms(SystemTime::now() + limits.time),
-        },
-        limits.memory,
-        limits.log,
-    );
+/// A store for one instance of `prepared`, armed with its fuel budget and deadline.
+pub(crate) fn new_store(
+    prepared: &Prepared,
+    state: HostState,
+    fuel: Option<u64>,
+    deadline: Instant,
+) -> Result<Store<HostState>, Error> {
     let mut store = Store::new(&prepared.runtime.engine, state);
     store.limiter(|state| &mut state.limiter);
-    if prepared.metering == Metering::Fuel {
+    arm(&mut store, fuel, deadline)?;
+    Ok(store)
+}
+
+/// Sets a store's fuel budget and wall-clock deadline for its next call.
+fn arm(store: &mut Store<HostState>, fuel: Option<u64>, deadline: Instant) -> Result<(), Error> {
+    if let Some(budget) = fuel {
         store
-            .set_fuel(limits.fuel.unwrap_or(0))
-            .map_err(|e| Error::List(format!("{e:#}")))?;
+            .set_fuel(budget)
+            .map_err(|error| Error::Instantiate(format!("{error:#}")))?;
     }
-    let deadline = Instant::now() + limits.time;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
             Err(TimeLimitExceeded.into())
         } else {
+            // Yield at every tick: other calls on this thread get a turn, and the timeout
+            // around the call gets a chance to fire.
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    let listed = tokio::time::timeout_at(deadline.into(), async {
-        let task = prepared.pre.instantiate_async(&mut store).await?;
-        task.wtq_task_tasks().call_list(&mut store).await
-    })
-    .await;
-    let tasks = match listed {
-        Ok(Ok(tasks)) => tasks,
-        Ok(Err(error)) => {
-            let outcome = classify(Step::Trapped(error), &limits, shared.config.max_wasm_stack);
-            let message = match outcome {
-                Outcome::Failure { message, .. } => message,
-                other => format!("{other:?}"),
-            };
-            return Err(Error::List(message));
-        }
-        Err(_) => return Err(Error::List(format!("no answer within {:?}", limits.time))),
-    };
-    if tasks.is_empty() {
-        return Err(Error::List("the component offers no tasks".to_string()));
-    }
-    Ok(tasks
-        .into_iter()
-        .map(|task| TaskInfo {
-            name: task.name,
-            doc: task.doc,
-            params: task.params,
-        })
-        .collect())
+    Ok(())
 }
 
 impl CallReport {

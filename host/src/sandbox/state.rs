@@ -9,9 +9,14 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{LogLevel, TaskContext, wtq::task::host};
-use super::limits::TABLE_ELEMENT_BYTES;
+use super::bindings::{self, LogLevel, TaskContext};
+use super::limits::{MAX_MESSAGE, TABLE_ELEMENT_BYTES};
 use super::outcome::Progress;
+
+/// Handles (streams, pollables, ...) one instance may hold in the host at once. Host-side
+/// state is not counted by the memory limit, so it gets its own cap (wasmtime's default is a
+/// million).
+const MAX_HOST_RESOURCES: usize = 10_000;
 
 /// State of one store (one instance): fresh per call unless the instance is recycled.
 pub(crate) struct HostState {
@@ -28,13 +33,20 @@ impl HostState {
     /// the task log.
     pub(crate) fn new(context: TaskContext, memory_limit: u64, log_limit: u64) -> Self {
         let log = LogPipe::new(log_limit);
+        // The builder's defaults already grant nothing (no preopens, env, args, sockets); the
+        // network is switched off explicitly so a change of default cannot open it.
         let wasi = WasiCtx::builder()
             .stdout(log.clone())
             .stderr(log.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(memory_limit),
             log,
             context,
@@ -60,7 +72,7 @@ impl WasiView for HostState {
     }
 }
 
-impl host::Host for HostState {
+impl bindings::wtq::task::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         let level = match level {
             LogLevel::Trace => "TRACE",
@@ -73,7 +85,11 @@ impl host::Host for HostState {
     }
 
     fn progress(&mut self, done: u64, total: u64, note: String) {
-        self.progress = Some(Progress { done, total, note });
+        self.progress = Some(Progress {
+            done,
+            total,
+            note: truncate(note, MAX_MESSAGE),
+        });
     }
 
     fn context(&mut self) -> TaskContext {
@@ -98,6 +114,9 @@ pub(crate) struct MemoryLimiter {
     current: u64,
     /// Highest `current` since the last reset.
     pub(crate) peak: u64,
+    /// `(current, peak)` before the last granted growth, restored if wasmtime then fails it
+    /// (growth past a memory's or table's own declared maximum).
+    before_last_grant: (u64, u64),
 }
 
 impl MemoryLimiter {
@@ -106,6 +125,7 @@ impl MemoryLimiter {
             limit,
             current: 0,
             peak: 0,
+            before_last_grant: (0, 0),
         }
     }
 
@@ -128,13 +148,21 @@ impl MemoryLimiter {
             }
             .into());
         }
+        self.before_last_grant = (self.current, self.peak);
         self.current = requested;
         self.peak = self.peak.max(requested);
         Ok(true)
     }
+
+    fn grow_failed(&mut self) {
+        (self.current, self.peak) = self.before_last_grant;
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
+    // wasmtime asks here before any other check, so every request over the limit fails with
+    // a typed error (and a clear failure kind) instead of `memory.grow` returning -1, which a
+    // Rust guest turns into an opaque abort.
     fn memory_growing(
         &mut self,
         current: usize,
@@ -144,15 +172,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         self.grow(current as u64, desired as u64)
     }
 
-    // Growth past the pool's slot size never reaches `memory_growing`; without this the guest
-    // would only see `memory.grow` return -1 and abort with an opaque trap.
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        Err(MemoryLimitExceeded {
-            requested: self.current,
-            limit: self.limit,
-        }
-        .into())
-        .map_err(|e: wasmtime::Error| e.context(error.to_string()))
+    // Within the limit but refused by the memory's own maximum or the OS: the guest sees -1,
+    // as the spec says, and the grant is taken back.
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn table_growing(
@@ -164,6 +188,26 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         let bytes = |elements: usize| elements as u64 * TABLE_ELEMENT_BYTES;
         self.grow(bytes(current), bytes(desired))
     }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
+    }
+}
+
+/// `text` cut to at most `limit` bytes (on a character boundary), with a note of what was cut.
+pub(crate) fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let dropped = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" [{dropped} more bytes dropped]"));
+    text
 }
 
 /// The task log: host `log` lines, stdout and stderr, in order, up to a byte cap. Writes past
@@ -325,5 +369,20 @@ mod tests {
         assert!(limiter.grow(40, 70).is_err()); // 40 + 70 > 100
         assert_eq!(limiter.current(), 80);
         assert_eq!(limiter.peak, 80);
+    }
+
+    #[test]
+    fn a_growth_wasmtime_refuses_is_taken_back() {
+        let mut limiter = MemoryLimiter::new(100);
+        assert!(limiter.grow(0, 40).is_ok());
+        assert!(limiter.grow(40, 90).is_ok());
+        limiter.grow_failed(); // e.g. past the memory's declared maximum
+        assert_eq!((limiter.current(), limiter.peak), (40, 40));
+    }
+
+    #[test]
+    fn long_guest_text_is_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        assert_eq!(truncate("ééé".into(), 3), "é [4 more bytes dropped]");
     }
 }

@@ -244,7 +244,7 @@ fn export_impl(paths: Punctuated<Path, Token![,]>) -> syn::Result<TokenStream2> 
             struct WtqTasks;
 
             impl #private::Guest for WtqTasks {
-                fn list() -> ::std::vec::Vec<#private::TaskInfo> {
+                fn list() -> ::std::string::String {
                     #private::list(TASKS)
                 }
 
