@@ -121,9 +121,12 @@ fn pool(slots: u32) -> PoolingAllocationConfig {
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         .table_elements(MAX_TABLE_ELEMENTS)
-        // Small keep-resident sizes and batched decommits: a fresh instance per task costs
-        // ~4 µs to create and ~2 µs to drop this way; 1 MiB resident made each drop 18 µs.
-        .linear_memory_keep_resident(64 << 10)
+        // Small keep-resident sizes and batched decommits. The first 128 KiB of each memory
+        // slot stays resident and is reset with a memset: a guest built with a small shadow
+        // stack (guest-examples/.cargo/config.toml) does all of a short call's work in there,
+        // so a fresh instance + `math.add` costs ~9.5 µs instead of ~17 µs of page faults.
+        // Much more makes every drop slow: 1 MiB resident cost 18 µs per drop.
+        .linear_memory_keep_resident(128 << 10)
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10)
         .decommit_batch_size(16);
