@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - [`sandbox`]: runs one task call of a component under limits (the only wasmtime user).
-//! - [`args`]: turns positional and keyword arguments into the JSON a task receives.
+//! - [`registry`]: deploying components (validated in the sandbox, stored by the broker).
+//! - [`worker`]: leases messages from the broker, runs them in the sandbox, settles them.
 //! - [`units`]: human spellings of sizes and durations.
 //! - [`cli`]: the `wtq` command line, one function per command.
 
-pub mod args;
 pub mod cli;
+pub mod registry;
 pub mod sandbox;
 pub mod units;
+pub mod worker;

@@ -1,6 +1,10 @@
-//! End-to-end tests: real components built from source, the real `wtq` binary and the real
-//! sandbox. `support` builds the guest examples once per test run.
+//! End-to-end tests: real components built from source, the real `wtq` binary, the real
+//! sandbox and a private `redis-server` per test. `support` builds the guest examples once per test run.
 
+mod cluster;
+mod queue;
+#[path = "../../client/tests/support/redis_server.rs"]
+mod redis_server;
 mod run_cli;
 mod sandbox;
 mod support;

@@ -43,6 +43,7 @@ async fn call_as(
         attempt: 1,
         tenant,
         limits,
+        ..Default::default()
     };
     component
         .call(&request)

@@ -78,8 +78,29 @@ fn guests() -> Result<(), String> {
         .current_dir(root().join("guest-examples")))
 }
 
+/// The queue tests start private `redis-server` processes: install it when it is missing.
+fn redis() -> Result<(), String> {
+    let present = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("redis-server not found: installing it with apt-get");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "redis-server"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .map_err(|error| {
+        format!("{error}; install redis-server yourself (apt-get install -y redis-server)")
+    })
+}
+
 fn test() -> Result<(), String> {
     guests()?;
+    redis()?;
+
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     // The guests' pure logic (markdown, slugify, ...) is unit-tested natively.

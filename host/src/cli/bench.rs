@@ -21,6 +21,30 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Cost of a fresh instance per task for `math.add`, and of fuel and epochs on `fib`.
     Sandbox(SandboxBench),
+    /// Enqueue and drain `math.add` tasks through Redis with one worker process.
+    Queue(QueueBench),
+}
+
+#[derive(Debug, Args)]
+struct QueueBench {
+    /// The math example component.
+    #[arg(
+        long,
+        default_value = "guest-examples/target/wasm32-wasip2/release/math.wasm"
+    )]
+    component: PathBuf,
+    /// Tasks to enqueue and drain.
+    #[arg(long, short = 'n', default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    tasks: u32,
+    /// Sequential round trips for the latency figures.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    round_trips: u32,
+    /// Concurrency of the worker (default: the number of CPUs).
+    #[arg(long, short = 'c')]
+    concurrency: Option<u32>,
+    /// Redis to use; the benchmark works in a fresh namespace of its own.
+    #[arg(long, env = "WTQ_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +69,13 @@ struct SandboxBench {
 pub fn run(args: BenchArgs) -> Result<u8, Failure> {
     match args.what {
         BenchCommand::Sandbox(bench) => sandbox_bench(bench),
+        BenchCommand::Queue(bench) => super::bench_queue::run(
+            bench.component,
+            bench.tasks,
+            bench.round_trips,
+            bench.concurrency,
+            &bench.url,
+        ),
     }
 }
 
@@ -133,6 +164,7 @@ fn sandbox_bench(bench: SandboxBench) -> Result<u8, Failure> {
                 attempt: 1,
                 tenant: "",
                 limits: metered,
+                ..Default::default()
             })
             .await
             .map_err(internal)?;
@@ -160,6 +192,7 @@ async fn add_calls(
                 attempt: 1,
                 tenant: "",
                 limits,
+                ..Default::default()
             })
             .await
             .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;

@@ -2,8 +2,11 @@
 //! function per command. Errors print one line on stderr and map to documented exit codes.
 
 mod bench;
+mod bench_queue;
 mod limits;
+mod queue;
 mod run;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -23,6 +26,24 @@ struct Cli {
 enum Command {
     /// Run one task of a component locally, with no server, in the workers' sandbox.
     Run(Box<run::RunArgs>),
+    /// Validate a component and store it in the registry under its digest.
+    Deploy(queue::DeployArgs),
+    /// List deployed components, their versions and tasks.
+    Components(queue::ComponentsArgs),
+    /// Enqueue a task (prints its id, or its result with --wait).
+    Call(Box<queue::CallArgs>),
+    /// Consume queues and run their tasks.
+    Worker(Box<worker::WorkerArgs>),
+    /// Print a task's output (exit 0 only for SUCCESS).
+    Result(queue::ResultArgs),
+    /// Show a task's state and history.
+    Status(queue::StatusArgs),
+    /// Revoke a task; --terminate stops it if it is running.
+    Revoke(queue::RevokeArgs),
+    /// Remove every waiting message from queues.
+    Purge(queue::PurgeArgs),
+    /// Dead-lettered tasks: list, retry, purge.
+    Dead(queue::DeadArgs),
     /// Measure the sandbox or the queue and print the figures.
     Bench(bench::BenchArgs),
 }
@@ -55,6 +76,16 @@ pub mod exit {
     pub const OUTPUT_TOO_LARGE: u8 = 14;
     /// `args_too_large`.
     pub const ARGS_TOO_LARGE: u8 = 15;
+    /// `terminated` (revoked while running).
+    pub const TERMINATED: u8 = 16;
+    /// The task was revoked (`wtq result`, `wtq call --wait`).
+    pub const REVOKED: u8 = 17;
+    /// The task has not finished (no --wait, or the --timeout passed).
+    pub const NOT_READY: u8 = 18;
+    /// No such task id (never enqueued, or its result expired).
+    pub const UNKNOWN_TASK: u8 = 19;
+    /// The broker cannot be reached.
+    pub const UNAVAILABLE: u8 = 69;
     /// The host itself failed (engine, cache, I/O).
     pub const INTERNAL: u8 = 70;
 }
@@ -71,6 +102,7 @@ pub fn failure_exit_code(kind: FailureKind) -> u8 {
         FailureKind::StackOverflow => exit::STACK_OVERFLOW,
         FailureKind::OutputTooLarge => exit::OUTPUT_TOO_LARGE,
         FailureKind::ArgsTooLarge => exit::ARGS_TOO_LARGE,
+        FailureKind::Terminated => exit::TERMINATED,
     }
 }
 
@@ -100,6 +132,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Worker(args) => worker::worker(*args),
+        Command::Deploy(args) => client_command(queue::deploy(args)),
+        Command::Components(args) => client_command(queue::components(args)),
+        Command::Call(args) => client_command(queue::call(*args)),
+        Command::Result(args) => client_command(queue::result(args)),
+        Command::Status(args) => client_command(queue::status(args)),
+        Command::Revoke(args) => client_command(queue::revoke(args)),
+        Command::Purge(args) => client_command(queue::purge(args)),
+        Command::Dead(args) => client_command(queue::dead(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -174,6 +215,13 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Runs a client command on a one-thread runtime.
+fn client_command(
+    command: impl std::future::Future<Output = Result<u8, Failure>>,
+) -> Result<u8, Failure> {
+    current_thread_runtime()?.block_on(command)
 }
 
 /// A runtime for commands that run on one thread (`wtq run`, benchmarks).

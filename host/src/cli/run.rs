@@ -17,7 +17,7 @@ pub struct RunArgs {
     #[arg(required_unless_present = "list")]
     task: Option<String>,
     /// Positional arguments as a JSON array, e.g. '[2,3]' (or a JSON object of keyword
-    /// arguments).
+    /// arguments); `@FILE` reads them from a file, `-` from stdin.
     args: Option<String>,
     /// Keyword arguments as a JSON object, e.g. '{"y":3}'.
     #[arg(long, value_name = "JSON")]
@@ -100,7 +100,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         (Some(object @ Value::Object(_)), None) => (None, Some(object)),
         other => other,
     };
-    let encoded = crate::args::encode(task, positional, keywords)
+    let encoded = wtq_client::args::encode(task, positional, keywords)
         .map_err(|error| Failure::new(exit::INVALID_ARGS, error.to_string()))?;
     let task_id = uuid::Uuid::new_v4().to_string();
     let request = crate::sandbox::CallRequest {
@@ -110,6 +110,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         attempt: 1,
         tenant: "",
         limits,
+        ..Default::default()
     };
     let report = runtime
         .block_on(component.call(&request))
@@ -153,7 +154,31 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
 }
 
-fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
+/// Parses JSON given on the command line, or read from a file (`@PATH`) or stdin (`-`) when
+/// it is too large for an argument (the OS caps one at 128 KiB).
+pub(super) fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
+    let read = |source: &str, result: std::io::Result<String>| {
+        result.map_err(|error| {
+            Failure::new(
+                exit::USAGE,
+                format!("cannot read {what} from {source}: {error}"),
+            )
+        })
+    };
+    let owned;
+    let text = if text == "-" {
+        let mut input = String::new();
+        owned = read(
+            "stdin",
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).map(|_| input),
+        )?;
+        owned.as_str()
+    } else if let Some(path) = text.strip_prefix('@') {
+        owned = read(&format!("`{path}`"), std::fs::read_to_string(path))?;
+        owned.as_str()
+    } else {
+        text
+    };
     serde_json::from_str(text).map_err(|error| {
         Failure::new(
             exit::USAGE,

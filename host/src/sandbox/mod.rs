@@ -124,17 +124,10 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("wtq"))
 }
 
-/// One task a component offers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TaskInfo {
-    pub name: String,
-    pub doc: String,
-    /// Parameter names in positional order.
-    pub params: Vec<String>,
-}
+pub use wtq_client::registry::TaskInfo;
 
 /// One call to make.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallRequest<'a> {
     /// Task name within the component, e.g. `add`.
     pub task: &'a str,
@@ -146,6 +139,11 @@ pub struct CallRequest<'a> {
     /// Empty outside the hosted service. Recycled instances never cross tenants.
     pub tenant: &'a str,
     pub limits: Limits,
+    /// Stops the call (as `terminated`) within one epoch tick once it holds `true`, even while
+    /// the guest is blocked in a host call.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Receives every progress report as the task makes it.
+    pub progress: Option<tokio::sync::watch::Sender<Option<Progress>>>,
 }
 
 /// The engines and caches of one process. Cheap to clone.
@@ -397,6 +395,17 @@ pub(crate) enum Step {
     Returned(Result<String, TaskError>),
     Trapped(wasmtime::Error),
     TimedOut,
+    Terminated,
+}
+
+/// Resolves once `cancel` holds `true`; never without a receiver or once its sender is gone.
+async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut cancel) = cancel
+        && cancel.wait_for(|stop| *stop).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 async fn run(
@@ -424,11 +433,13 @@ async fn run(
             warm.store
                 .data_mut()
                 .reset(context, limits.memory, limits.log);
+            warm.store.data_mut().progress_sink = request.progress.clone();
             arm(&mut warm.store, limits.fuel, deadline)?;
             (warm.store, Some(warm.task), warm.calls)
         }
         None => {
-            let state = HostState::new(context, limits.memory, limits.log);
+            let mut state = HostState::new(context, limits.memory, limits.log);
+            state.progress_sink = request.progress.clone();
             (new_store(prepared, state, limits.fuel, deadline)?, None, 0)
         }
     };
@@ -454,10 +465,16 @@ async fn run(
             *instance_out = Some(task);
             result
         };
-        match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(Ok(returned)) => Step::Returned(returned),
-            Ok(Err(error)) => Step::Trapped(error),
-            Err(_) => Step::TimedOut,
+        // A guest yields at every epoch tick, so a cancel is seen within one tick even while
+        // it computes, and at once while it waits in a host call.
+        tokio::select! {
+            biased;
+            () = cancelled(request.cancel.clone()) => Step::Terminated,
+            timed = tokio::time::timeout_at(deadline.into(), call) => match timed {
+                Ok(Ok(returned)) => Step::Returned(returned),
+                Ok(Err(error)) => Step::Trapped(error),
+                Err(_) => Step::TimedOut,
+            },
         }
     };
 
@@ -558,6 +575,11 @@ pub(crate) fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Ou
     };
     match step {
         Step::TimedOut => time_limit(),
+        Step::Terminated => failure(
+            FailureKind::Terminated,
+            "terminated: the call was stopped on request".to_string(),
+        ),
+
         Step::Returned(Ok(output)) => {
             if output.len() as u64 > limits.output {
                 return failure(

@@ -42,11 +42,13 @@ pub enum FailureKind {
     ArgsTooLarge,
     /// The guest returned an output that is not JSON.
     InvalidOutput,
+    /// The call was stopped on request (revoke with terminate, worker shutdown).
+    Terminated,
 }
 
 impl FailureKind {
     /// Every kind, for documentation and exhaustive tests.
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 12] = [
         FailureKind::TaskFailed,
         FailureKind::InvalidArgs,
         FailureKind::UnknownTask,
@@ -58,6 +60,7 @@ impl FailureKind {
         FailureKind::OutputTooLarge,
         FailureKind::ArgsTooLarge,
         FailureKind::InvalidOutput,
+        FailureKind::Terminated,
     ];
 
     /// The snake_case name used in JSON, logs and error lines.
@@ -74,6 +77,7 @@ impl FailureKind {
             FailureKind::OutputTooLarge => "output_too_large",
             FailureKind::ArgsTooLarge => "args_too_large",
             FailureKind::InvalidOutput => "invalid_output",
+            FailureKind::Terminated => "terminated",
         }
     }
 
@@ -97,13 +101,7 @@ impl std::fmt::Display for FailureKind {
     }
 }
 
-/// The last progress a task reported.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Progress {
-    pub done: u64,
-    pub total: u64,
-    pub note: String,
-}
+pub use wtq_client::message::Progress;
 
 /// Everything known about one finished call.
 #[derive(Debug, Clone)]

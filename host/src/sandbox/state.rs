@@ -26,6 +26,8 @@ pub(crate) struct HostState {
     pub(crate) log: LogPipe,
     pub(crate) context: TaskContext,
     pub(crate) progress: Option<Progress>,
+    /// Where progress goes as it is reported (the worker forwards it to the broker).
+    pub(crate) progress_sink: Option<tokio::sync::watch::Sender<Option<Progress>>>,
 }
 
 impl HostState {
@@ -51,6 +53,7 @@ impl HostState {
             log,
             context,
             progress: None,
+            progress_sink: None,
         }
     }
 
@@ -85,11 +88,15 @@ impl bindings::wtq::task::host::Host for HostState {
     }
 
     fn progress(&mut self, done: u64, total: u64, note: String) {
-        self.progress = Some(Progress {
+        let progress = Progress {
             done,
             total,
             note: truncate(note, MAX_MESSAGE),
-        });
+        };
+        if let Some(sink) = &self.progress_sink {
+            sink.send_replace(Some(progress.clone()));
+        }
+        self.progress = Some(progress);
     }
 
     fn context(&mut self) -> TaskContext {

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::sandbox::TaskInfo;
+use crate::registry::TaskInfo;
 
 /// Arguments that cannot be given to a task; the message names the task and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,18 +40,28 @@ pub fn encode(
             )));
         }
     };
+    if let Some(values) = &positional
+        && values.len() > task.params.len()
+    {
+        return Err(ArgsError(format!(
+            "task `{name}` takes {} arguments but {} were given",
+            task.params.len(),
+            values.len()
+        )));
+    }
+    if let Some(map) = &keywords
+        && let Some(unknown) = map.keys().find(|key| !task.params.contains(key))
+    {
+        return Err(ArgsError(format!(
+            "task `{name}` got an unexpected keyword argument `{unknown}` (its parameters: {})",
+            task.params.join(", ")
+        )));
+    }
     let value = match (positional, keywords) {
         (None, None) => Value::Array(Vec::new()),
         (Some(values), None) => Value::Array(values),
         (None, Some(map)) => Value::Object(map),
         (Some(values), Some(mut map)) => {
-            if values.len() > task.params.len() {
-                return Err(ArgsError(format!(
-                    "task `{name}` takes {} arguments but {} positional ones were given",
-                    task.params.len(),
-                    values.len()
-                )));
-            }
             let mut merged = Map::new();
             for (param, value) in task.params.iter().zip(values) {
                 if map.contains_key(param) {
@@ -106,6 +116,17 @@ mod tests {
     #[test]
     fn encodings() {
         check(None, None, Ok("[]"));
+        check(
+            Some(json!([1, 2, 3])),
+            None,
+            Err("takes 2 arguments but 3 were given"),
+        );
+        check(
+            None,
+            Some(json!({"x": 1, "z": 2})),
+            Err("unexpected keyword argument `z`"),
+        );
+
         check(Some(json!([2, 3])), None, Ok("[2,3]"));
         check(None, Some(json!({"y": 3, "x": 2})), Ok(r#"{"x":2,"y":3}"#));
         check(

@@ -1,0 +1,1333 @@
+//! The embedded in-memory broker: the whole [`Broker`] contract over plain maps behind one
+//! mutex, for `wtq up` (one process, no Redis) and fast tests. Its observable behaviour is the
+//! Redis broker's; the behavioural suite in `client/tests/` runs against both.
+//!
+//! It owns no threads and no timers. Time moves only when a caller passes `now_ms`: the
+//! broker remembers the latest time it was given and drops final records and idempotency keys
+//! whose expiry has passed, on the next call that carries a time (and lazily on reads).
+//! Waiting (`wait`, `wait_for_work`) is woken by [`Notify`], never by polling.
+//!
+//! Not here: persistence (a restart loses everything, as `wtq up` documents) and the Redis
+//! wire format (messages are kept decoded, so a delivery's message is always `Ok`).
+//!
+//! Entry point: [`MemoryBroker::new`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_util::future::select_all;
+use tokio::sync::{Notify, mpsc};
+
+use super::{
+    Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
+    Settled, Settlement,
+};
+use crate::message::{
+    Attempt, MAX_PRIORITY, Progress, State, TaskFailure, TaskMessage, TaskRecord,
+};
+use crate::registry::{ComponentRecord, Upload};
+
+/// Ids a worker's termination channel holds before further requests are dropped (with a
+/// warning). A worker drains it continuously, and it also checks [`Broker::terminating`] at
+/// each delivery, so a dropped request is only lost for a task already running through a
+/// flood of a thousand others.
+const TERMINATION_BUFFER: usize = 1024;
+
+/// Failure kinds the broker itself assigns (the sandbox's kinds come from the worker).
+const KIND_EXPIRED: &str = "expired";
+const KIND_REVOKED: &str = "revoked";
+const KIND_PURGED: &str = "purged";
+const KIND_DEAD_LETTERED: &str = "dead_lettered";
+
+/// The in-memory broker. Clones share one store.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    store: Arc<Mutex<Store>>,
+}
+
+impl MemoryBroker {
+    pub fn new() -> MemoryBroker {
+        MemoryBroker::default()
+    }
+
+    /// The store, for one short synchronous section: the guard is never held across an await
+    /// (it is not `Send`, so the compiler enforces it for the trait's `Send` futures).
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // Sections do not panic by design; if one did, refusing every later caller would turn
+        // one bug into a dead `wtq up`, so a poisoned lock is used as is.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A task's place in its ready queue: priority 9 first (rank 0), then enqueue order. Fixed at
+/// enqueue, so a released, reaped, retried or re-queued message goes back where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    rank: u8,
+    /// Unique per task for the broker's life; also disambiguates the time-keyed indexes.
+    seq: u64,
+}
+
+/// Where a task is. Each variant but `Ready` carries the key of its index entry, so
+/// [`Indexes::remove`] can find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// In its queue's ready set.
+    Ready,
+    /// In its queue's delayed set until `eta_ms`.
+    Delayed { eta_ms: u64 },
+    /// Leased to a worker under `token` until `until_ms`.
+    Leased { token: u64, until_ms: u64 },
+    /// Final; the record is dropped at `expires_ms`.
+    Finished { expires_ms: u64 },
+    /// Dead-lettered, `order`-th; kept until retried or purged.
+    Dead { order: u64 },
+}
+
+/// One task: its message and everything its record shows.
+#[derive(Debug)]
+struct Task {
+    message: TaskMessage,
+    state: State,
+    place: Place,
+    slot: Slot,
+    /// Deliveries of the current attempt.
+    deliveries: u32,
+    /// The current attempt, 1 for the first.
+    attempt: u32,
+    worker: Option<String>,
+    progress: Option<Progress>,
+    error: Option<TaskFailure>,
+    attempts: Vec<Attempt>,
+    finished_ms: Option<u64>,
+    /// Woken when the task becomes final, for [`Broker::wait`]. Per task, so a waiter wakes
+    /// for its own task only.
+    finished: Arc<Notify>,
+}
+
+impl Task {
+    fn record(&self, id: &str) -> TaskRecord {
+        TaskRecord {
+            id: id.to_string(),
+            state: self.state,
+            message: self.message.clone(),
+            deliveries: self.deliveries,
+            worker: self.worker.clone(),
+            progress: self.progress.clone(),
+            error: self.error.clone(),
+            attempts: self.attempts.clone(),
+            finished_ms: self.finished_ms,
+        }
+    }
+}
+
+/// The orderings over tasks, each an index into [`Store::tasks`] kept in step with every
+/// task's [`Slot`] by [`Store::move_to`].
+#[derive(Debug, Default)]
+struct Indexes {
+    /// Queue → ready messages in delivery order. Empty queues are removed.
+    ready: HashMap<String, BTreeMap<Place, String>>,
+    /// Queue → (eta, seq) → id. Empty queues are removed.
+    delayed: HashMap<String, BTreeMap<(u64, u64), String>>,
+    /// (lease expiry, token) → id: `reap` takes the oldest expiries first.
+    leases: BTreeMap<(u64, u64), String>,
+    /// (record expiry, seq) → id of final tasks.
+    expiring: BTreeMap<(u64, u64), String>,
+    /// Dead-letter order → id: `dead` lists the newest first. A counter, not the clock, so
+    /// that "most recent" is call order even within one millisecond.
+    dead: BTreeMap<u64, String>,
+    /// Queue → signal for `wait_for_work`, fired whenever a message becomes ready there.
+    /// Created on first use and kept: queues are few and named by operators.
+    work: HashMap<String, Arc<Notify>>,
+}
+
+impl Indexes {
+    fn remove(&mut self, task: &Task) {
+        let queue = task.message.queue.as_str();
+        let seq = task.place.seq;
+        match task.slot {
+            Slot::Ready => {
+                if let Some(ready) = self.ready.get_mut(queue) {
+                    ready.remove(&task.place);
+                    if ready.is_empty() {
+                        self.ready.remove(queue);
+                    }
+                }
+            }
+            Slot::Delayed { eta_ms } => {
+                if let Some(delayed) = self.delayed.get_mut(queue) {
+                    delayed.remove(&(eta_ms, seq));
+                    if delayed.is_empty() {
+                        self.delayed.remove(queue);
+                    }
+                }
+            }
+            Slot::Leased { token, until_ms } => {
+                self.leases.remove(&(until_ms, token));
+            }
+            Slot::Finished { expires_ms } => {
+                self.expiring.remove(&(expires_ms, seq));
+            }
+            Slot::Dead { order } => {
+                self.dead.remove(&order);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: &str, task: &Task) {
+        let queue = &task.message.queue;
+        let seq = task.place.seq;
+        let id = id.to_string();
+        match task.slot {
+            Slot::Ready => {
+                self.ready
+                    .entry(queue.clone())
+                    .or_default()
+                    .insert(task.place, id);
+                // Wake every worker waiting on this queue; all but one find nothing, which
+                // the contract allows, and none can miss it.
+                if let Some(work) = self.work.get(queue) {
+                    work.notify_waiters();
+                }
+            }
+            Slot::Delayed { eta_ms } => {
+                self.delayed
+                    .entry(queue.clone())
+                    .or_default()
+                    .insert((eta_ms, seq), id);
+            }
+            Slot::Leased { token, until_ms } => {
+                self.leases.insert((until_ms, token), id);
+            }
+            Slot::Finished { expires_ms } => {
+                self.expiring.insert((expires_ms, seq), id);
+            }
+            Slot::Dead { order } => {
+                self.dead.insert(order, id);
+            }
+        }
+    }
+
+    fn work_signal(&mut self, queue: &str) -> Arc<Notify> {
+        Arc::clone(self.work.entry(queue.to_string()).or_default())
+    }
+
+    fn depth(&self, queue: &str) -> usize {
+        self.ready.get(queue).map_or(0, BTreeMap::len)
+    }
+}
+
+/// Everything the broker holds.
+#[derive(Debug, Default)]
+struct Store {
+    /// The latest `now_ms` any call passed: records and keys expire against it, so tests that
+    /// drive the clock by hand see the same expiries as a real clock would give.
+    clock_ms: u64,
+    next_seq: u64,
+    /// Fencing tokens: every reserve takes the next, so a token is never reused.
+    next_token: u64,
+    next_dead: u64,
+    tasks: HashMap<String, Task>,
+    index: Indexes,
+    /// Idempotency key → (first task's id, key expiry).
+    idempotency: HashMap<String, (String, u64)>,
+    /// (key expiry, key), to drop keys in expiry order.
+    idempotency_expiry: BTreeSet<(u64, String)>,
+    /// Running tasks a terminate was requested for; cleared when they become final.
+    terminating: HashSet<String>,
+    /// One sender per `terminations()` subscriber; closed ones are dropped on the next send.
+    subscribers: Vec<mpsc::Sender<String>>,
+    components: BTreeMap<String, ComponentRecord>,
+    /// Digest → gzip-compressed component bytes.
+    blobs: HashMap<String, Vec<u8>>,
+}
+
+impl Store {
+    /// Moves the clock to `now_ms` (never back) and drops what expired by then.
+    fn advance(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        while let Some(entry) = self.index.expiring.first_entry() {
+            if entry.key().0 > self.clock_ms {
+                break;
+            }
+            let id = entry.remove();
+            self.tasks.remove(&id);
+            self.terminating.remove(&id);
+        }
+        while let Some((expires_ms, _)) = self.idempotency_expiry.first() {
+            if *expires_ms > self.clock_ms {
+                break;
+            }
+            if let Some((_, key)) = self.idempotency_expiry.pop_first() {
+                self.idempotency.remove(&key);
+            }
+        }
+    }
+
+    /// The task, unless its record has expired (it may not have been swept yet: a record
+    /// can expire in the same call that finished it, when `result_expires_ms` is 0).
+    fn live(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id).filter(|task| match task.slot {
+            Slot::Finished { expires_ms } => expires_ms > self.clock_ms,
+            _ => true,
+        })
+    }
+
+    fn record(&self, id: &str) -> Option<TaskRecord> {
+        self.live(id).map(|task| task.record(id))
+    }
+
+    /// Moves a task to `slot`, keeping the indexes in step: the only place a slot changes.
+    fn move_to(&mut self, id: &str, slot: Slot) {
+        if let Some(task) = self.tasks.get_mut(id) {
+            self.index.remove(task);
+            task.slot = slot;
+            self.index.insert(id, task);
+        }
+    }
+
+    /// Whether `lease` is still the task's current lease.
+    fn held(&self, lease: &Lease) -> bool {
+        self.tasks.get(&lease.id).is_some_and(
+            |task| matches!(task.slot, Slot::Leased { token, .. } if token == lease.token),
+        )
+    }
+
+    /// Moves due delayed messages of `queue` to its ready set.
+    fn promote(&mut self, queue: &str, now_ms: u64) {
+        let mut due = Vec::new();
+        if let Some(delayed) = self.index.delayed.get(queue) {
+            due.extend(
+                delayed
+                    .range(..=(now_ms, u64::MAX))
+                    .map(|(_, id)| id.clone()),
+            );
+        }
+        for id in due {
+            self.move_to(&id, Slot::Ready);
+        }
+    }
+
+    /// Leases the ready task `id` to `worker`.
+    fn deliver(&mut self, id: &str, worker: &str, lease_ms: u64, now_ms: u64) -> Option<Delivery> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let task = self.tasks.get_mut(id)?;
+        task.deliveries = task.deliveries.saturating_add(1);
+        task.state = State::Received;
+        task.worker = Some(worker.to_string());
+        let delivery = Delivery {
+            id: id.to_string(),
+            token,
+            message: Ok(task.message.clone()),
+            deliveries: task.deliveries,
+            attempt: task.attempt,
+            received_ms: now_ms,
+        };
+        self.move_to(
+            id,
+            Slot::Leased {
+                token,
+                until_ms: now_ms.saturating_add(lease_ms),
+            },
+        );
+        Some(delivery)
+    }
+
+    /// Makes a waiting or running task final (SUCCESS, FAILURE or REVOKED); its record is
+    /// kept for the message's `result_expires_ms`.
+    fn finish(&mut self, id: &str, state: State, error: Option<TaskFailure>, now_ms: u64) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        task.state = state;
+        task.error = error;
+        task.finished_ms = Some(now_ms);
+        let expires_ms = now_ms.saturating_add(task.message.result_expires_ms);
+        let finished = Arc::clone(&task.finished);
+        self.move_to(id, Slot::Finished { expires_ms });
+        self.terminating.remove(id);
+        finished.notify_waiters();
+    }
+
+    /// Dead-letters a task: FAILURE with `error`, kept until retried or purged.
+    fn bury(&mut self, id: &str, error: TaskFailure, now_ms: u64) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        task.state = State::Failure;
+        task.error = Some(error);
+        task.finished_ms = Some(now_ms);
+        let finished = Arc::clone(&task.finished);
+        self.next_dead += 1;
+        let order = self.next_dead;
+        self.move_to(id, Slot::Dead { order });
+        self.terminating.remove(id);
+        finished.notify_waiters();
+    }
+
+    /// Puts a task back in its ready queue at its original place, waiting (PENDING).
+    fn requeue(&mut self, id: &str) {
+        if let Some(task) = self.tasks.get_mut(id) {
+            task.state = State::Pending;
+            self.move_to(id, Slot::Ready);
+        }
+    }
+
+    /// Queues a new task, or refuses a used id.
+    fn enqueue(&mut self, new: NewTask, now_ms: u64) -> Result<Enqueued, Error> {
+        let NewTask {
+            message,
+            idempotency_key,
+        } = new;
+        if let Some(key) = &idempotency_key
+            && let Some((id, _)) = self.idempotency.get(key)
+        {
+            return Ok(Enqueued {
+                id: id.clone(),
+                created: false,
+            });
+        }
+        let id = message.id.clone();
+        if self.live(&id).is_some() {
+            return Err(Error::DuplicateId(id));
+        }
+        // An expired record not yet swept frees its id.
+        if let Some(stale) = self.tasks.remove(&id) {
+            self.index.remove(&stale);
+            self.terminating.remove(&id);
+        }
+        if let Some(key) = idempotency_key {
+            let expires_ms = now_ms.saturating_add(IDEMPOTENCY_TTL_MS);
+            self.idempotency_expiry.insert((expires_ms, key.clone()));
+            self.idempotency.insert(key, (id.clone(), expires_ms));
+        }
+        self.next_seq += 1;
+        let place = Place {
+            rank: MAX_PRIORITY - message.priority.min(MAX_PRIORITY),
+            seq: self.next_seq,
+        };
+        let slot = match message.eta_ms {
+            Some(eta_ms) if eta_ms > now_ms => Slot::Delayed { eta_ms },
+            _ => Slot::Ready,
+        };
+        let task = Task {
+            message,
+            state: State::Pending,
+            place,
+            slot,
+            deliveries: 0,
+            attempt: 1,
+            worker: None,
+            progress: None,
+            error: None,
+            attempts: Vec::new(),
+            finished_ms: None,
+            finished: Arc::default(),
+        };
+        self.index.insert(&id, &task);
+        self.tasks.insert(id.clone(), task);
+        Ok(Enqueued { id, created: true })
+    }
+
+    fn settle(&mut self, settle: Settle, now_ms: u64) -> Settled {
+        let Settle { lease, settlement } = settle;
+        if !self.held(&lease) {
+            return Settled::Stale;
+        }
+        let id = lease.id.as_str();
+        match settlement {
+            Settlement::Finish(attempt) => {
+                let (state, error) = (attempt.state, attempt.error.clone());
+                if let Some(task) = self.tasks.get_mut(id) {
+                    task.attempts.push(attempt);
+                }
+                self.finish(id, state, error, now_ms);
+            }
+            Settlement::Retry { attempt, eta_ms } => {
+                if let Some(task) = self.tasks.get_mut(id) {
+                    task.state = State::Retry;
+                    task.error = attempt.error.clone();
+                    task.attempts.push(attempt);
+                    task.attempt = task.attempt.saturating_add(1);
+                    task.deliveries = 0;
+                    // Progress belonged to the attempt that just ended.
+                    task.progress = None;
+                }
+                // Same rule as enqueue: only a future eta waits in the delayed set.
+                let slot = if eta_ms > now_ms {
+                    Slot::Delayed { eta_ms }
+                } else {
+                    Slot::Ready
+                };
+                self.move_to(id, slot);
+            }
+            Settlement::Release => {
+                if let Some(task) = self.tasks.get_mut(id) {
+                    task.deliveries = task.deliveries.saturating_sub(1);
+                }
+                self.requeue(id);
+            }
+            Settlement::DeadLetter(failure) => self.bury(id, failure, now_ms),
+        }
+        Settled::Committed
+    }
+
+    /// Sends `id` to every terminations subscriber, dropping closed ones.
+    fn broadcast_termination(&mut self, id: &str) {
+        self.subscribers
+            .retain(|subscriber| match subscriber.try_send(id.to_string()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        task = id,
+                        "a worker's termination channel is full; it will see the request only at its next delivery"
+                    );
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+}
+
+fn failure(kind: &str, message: String) -> TaskFailure {
+    TaskFailure {
+        kind: kind.to_string(),
+        message,
+    }
+}
+
+impl Broker for MemoryBroker {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: u64) -> Result<Vec<Enqueued>, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        tasks
+            .into_iter()
+            .map(|task| store.enqueue(task, now_ms))
+            .collect()
+    }
+
+    async fn reserve(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: usize,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        for queue in queues {
+            store.promote(queue, now_ms);
+        }
+        let mut deliveries = Vec::new();
+        for queue in queues {
+            while deliveries.len() < max {
+                let Some((_, id)) = store
+                    .index
+                    .ready
+                    .get(queue)
+                    .and_then(|ready| ready.first_key_value())
+                else {
+                    break;
+                };
+                let id = id.clone();
+                let Some(task) = store.tasks.get(&id) else {
+                    // Cannot happen (the indexes follow the tasks); dropping the entry keeps
+                    // this loop finite if it ever did.
+                    if let Some(ready) = store.index.ready.get_mut(queue) {
+                        ready.pop_first();
+                    }
+                    continue;
+                };
+                if let Some(expires_ms) = task.message.expires_ms
+                    && expires_ms < now_ms
+                {
+                    let error = failure(
+                        KIND_EXPIRED,
+                        format!("expired at {expires_ms} ms before it started"),
+                    );
+                    store.finish(&id, State::Revoked, Some(error), now_ms);
+                    continue;
+                }
+                deliveries.extend(store.deliver(&id, worker, lease_ms, now_ms));
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<bool>, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        let until_ms = now_ms.saturating_add(lease_ms);
+        Ok(leases
+            .iter()
+            .map(|lease| {
+                let held = store.held(lease);
+                if held {
+                    store.move_to(
+                        &lease.id,
+                        Slot::Leased {
+                            token: lease.token,
+                            until_ms,
+                        },
+                    );
+                }
+                held
+            })
+            .collect())
+    }
+
+    async fn mark(&self, marks: &[Mark]) -> Result<(), Error> {
+        let mut store = self.lock();
+        for mark in marks {
+            // Only a running state may be written under a lease; anything else would let a
+            // progress report end or rewind a task.
+            if !matches!(mark.state, State::Started | State::Progress) || !store.held(&mark.lease) {
+                continue;
+            }
+            if let Some(task) = store.tasks.get_mut(&mark.lease.id) {
+                task.state = mark.state;
+                if let Some(progress) = &mark.progress {
+                    task.progress = Some(progress.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, settles: Vec<Settle>, now_ms: u64) -> Result<Vec<Settled>, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        Ok(settles
+            .into_iter()
+            .map(|settle| store.settle(settle, now_ms))
+            .collect())
+    }
+
+    async fn reap(&self, now_ms: u64, limit: usize) -> Result<usize, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        let expired: Vec<String> = store
+            .index
+            .leases
+            .range(..=(now_ms, u64::MAX))
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &expired {
+            let Some(task) = store.tasks.get(id) else {
+                continue;
+            };
+            let (deliveries, max) = (task.deliveries, task.message.max_deliveries);
+            if deliveries >= max {
+                let error = failure(
+                    KIND_DEAD_LETTERED,
+                    format!(
+                        "delivered {deliveries} times without finishing (max_deliveries {max})"
+                    ),
+                );
+                store.bury(id, error, now_ms);
+            } else {
+                store.requeue(id);
+            }
+        }
+        Ok(expired.len())
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> Result<(), Error> {
+        let signals: Vec<Arc<Notify>> = {
+            let mut store = self.lock();
+            queues
+                .iter()
+                .map(|queue| store.index.work_signal(queue))
+                .collect()
+        };
+        if signals.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return Ok(());
+        }
+        // Registered before the check below: a message made ready after the check wakes
+        // these futures even though they are not polled yet.
+        let notified = select_all(signals.iter().map(|signal| Box::pin(signal.notified())));
+        let ready = {
+            let store = self.lock();
+            queues.iter().any(|queue| store.index.depth(queue) > 0)
+        };
+        if !ready {
+            // Timing out is an ordinary return.
+            let _ = tokio::time::timeout(timeout, notified).await;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
+        Ok(self.lock().record(id))
+    }
+
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<TaskRecord>, Error> {
+        let finished = {
+            let store = self.lock();
+            match store.live(id) {
+                None => return Ok(None),
+                Some(task) if task.state.is_final() => return Ok(Some(task.record(id))),
+                Some(task) => Arc::clone(&task.finished),
+            }
+        };
+        // Registered before the second look: finishing in between still wakes it.
+        let notified = finished.notified();
+        let done = {
+            let store = self.lock();
+            match store.live(id) {
+                None => return Ok(None),
+                Some(task) => task.state.is_final(),
+            }
+        };
+        if !done {
+            // Timing out is an ordinary return: the record is returned as it is.
+            let _ = tokio::time::timeout(timeout, notified).await;
+        }
+        Ok(self.lock().record(id))
+    }
+
+    async fn revoke(&self, id: &str, terminate: bool, now_ms: u64) -> Result<Revoked, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        let Some(task) = store.live(id) else {
+            return Ok(Revoked::Unknown);
+        };
+        if task.state.is_final() {
+            return Ok(Revoked::AlreadyFinal(task.state));
+        }
+        if matches!(task.slot, Slot::Leased { .. }) {
+            if terminate {
+                store.terminating.insert(id.to_string());
+                store.broadcast_termination(id);
+            }
+            return Ok(Revoked::Running {
+                terminating: store.terminating.contains(id),
+            });
+        }
+        let error = failure(KIND_REVOKED, "revoked before it started".to_string());
+        store.finish(id, State::Revoked, Some(error), now_ms);
+        Ok(Revoked::Revoked)
+    }
+
+    async fn terminations(&self) -> Result<mpsc::Receiver<String>, Error> {
+        let (sender, receiver) = mpsc::channel(TERMINATION_BUFFER);
+        self.lock().subscribers.push(sender);
+        Ok(receiver)
+    }
+
+    async fn terminating(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.lock().terminating.contains(id))
+    }
+
+    async fn purge(&self, queue: &str, now_ms: u64) -> Result<usize, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        let mut waiting: Vec<String> = Vec::new();
+        if let Some(ready) = store.index.ready.get(queue) {
+            waiting.extend(ready.values().cloned());
+        }
+        if let Some(delayed) = store.index.delayed.get(queue) {
+            waiting.extend(delayed.values().cloned());
+        }
+        for id in &waiting {
+            let error = failure(KIND_PURGED, format!("purged from queue `{queue}`"));
+            store.finish(id, State::Revoked, Some(error), now_ms);
+        }
+        Ok(waiting.len())
+    }
+
+    async fn dead(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
+        let store = self.lock();
+        Ok(store
+            .index
+            .dead
+            .values()
+            .rev()
+            .take(limit)
+            .filter_map(|id| store.record(id))
+            .collect())
+    }
+
+    async fn retry_dead(&self, id: Option<&str>, now_ms: u64) -> Result<usize, Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        let ids: Vec<String> = match id {
+            Some(id) => store
+                .tasks
+                .get(id)
+                .filter(|task| matches!(task.slot, Slot::Dead { .. }))
+                .map(|_| vec![id.to_string()])
+                .unwrap_or_default(),
+            None => store.index.dead.values().cloned().collect(),
+        };
+        for id in &ids {
+            if let Some(task) = store.tasks.get_mut(id) {
+                task.attempt = task.attempt.saturating_add(1);
+                task.deliveries = 0;
+                task.error = None;
+                task.progress = None;
+                task.finished_ms = None;
+            }
+            store.requeue(id);
+        }
+        Ok(ids.len())
+    }
+
+    async fn purge_dead(&self) -> Result<usize, Error> {
+        let mut store = self.lock();
+        let dead = std::mem::take(&mut store.index.dead);
+        for id in dead.values() {
+            store.tasks.remove(id);
+            store.terminating.remove(id);
+        }
+        Ok(dead.len())
+    }
+
+    async fn put_component(&self, upload: Upload) -> Result<ComponentRecord, Error> {
+        let Upload {
+            name,
+            version,
+            compressed,
+        } = upload;
+        let mut store = self.lock();
+        // Content-addressed: the same digest is the same bytes, so the first copy stays.
+        store
+            .blobs
+            .entry(version.digest.clone())
+            .or_insert(compressed);
+        let record = store
+            .components
+            .entry(name.clone())
+            .or_insert_with(|| ComponentRecord {
+                name,
+                versions: Vec::new(),
+            });
+        if record.current().map(|current| &current.digest) != Some(&version.digest) {
+            record
+                .versions
+                .retain(|known| known.digest != version.digest);
+            record.versions.insert(0, version);
+        }
+        Ok(record.clone())
+    }
+
+    async fn components(&self) -> Result<Vec<ComponentRecord>, Error> {
+        Ok(self.lock().components.values().cloned().collect())
+    }
+
+    async fn component(&self, name: &str) -> Result<Option<ComponentRecord>, Error> {
+        Ok(self.lock().components.get(name).cloned())
+    }
+
+    async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.lock().blobs.get(digest).cloned())
+    }
+
+    async fn depth(&self, queue: &str) -> Result<usize, Error> {
+        Ok(self.lock().index.depth(queue))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides};
+    use crate::registry::Version;
+
+    const T0: u64 = 1_000_000;
+    const LEASE_MS: u64 = 30_000;
+    /// Long enough never to be reached by a correct wake-up; a lost one fails the test.
+    const NO_LOST_WAKEUP: Duration = Duration::from_secs(10);
+
+    fn message(id: &str) -> TaskMessage {
+        TaskMessage {
+            id: id.to_string(),
+            component: "math".to_string(),
+            digest: None,
+            task: "add".to_string(),
+            args: "[1, 2]".to_string(),
+            queue: "default".to_string(),
+            priority: 0,
+            eta_ms: None,
+            expires_ms: None,
+            max_retries: None,
+            retry_backoff: None,
+            limits: LimitOverrides::default(),
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            result_expires_ms: DEFAULT_RESULT_EXPIRES_MS,
+            created_ms: T0,
+        }
+    }
+
+    fn new(message: TaskMessage) -> NewTask {
+        NewTask {
+            message,
+            idempotency_key: None,
+        }
+    }
+
+    fn queues() -> Vec<String> {
+        vec!["default".to_string()]
+    }
+
+    async fn put(broker: &MemoryBroker, messages: Vec<TaskMessage>) {
+        broker
+            .enqueue(messages.into_iter().map(new).collect(), T0)
+            .await
+            .unwrap();
+    }
+
+    async fn take(broker: &MemoryBroker, max: usize, now_ms: u64) -> Vec<Delivery> {
+        broker
+            .reserve("w1", &queues(), max, LEASE_MS, now_ms)
+            .await
+            .unwrap()
+    }
+
+    fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+        deliveries.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    fn lease(delivery: &Delivery) -> Lease {
+        Lease {
+            id: delivery.id.clone(),
+            token: delivery.token,
+        }
+    }
+
+    fn attempt(number: u32, state: State) -> Attempt {
+        Attempt {
+            attempt: number,
+            worker: "w1".to_string(),
+            digest: None,
+            received_ms: T0,
+            started_ms: None,
+            finished_ms: T0,
+            state,
+            output: Some("3".to_string()),
+            error: None,
+            duration_ms: None,
+            fuel: None,
+            peak_memory: None,
+            log: String::new(),
+        }
+    }
+
+    async fn settle(broker: &MemoryBroker, delivery: &Delivery, settlement: Settlement) -> Settled {
+        let settle = Settle {
+            lease: lease(delivery),
+            settlement,
+        };
+        broker.settle(vec![settle], T0).await.unwrap()[0]
+    }
+
+    async fn state(broker: &MemoryBroker, id: &str) -> Option<State> {
+        broker.record(id).await.unwrap().map(|record| record.state)
+    }
+
+    #[tokio::test]
+    async fn priority_first_then_fifo_and_release_keeps_the_place() {
+        let broker = MemoryBroker::new();
+        let with = |id: &str, priority| TaskMessage {
+            priority,
+            ..message(id)
+        };
+        put(
+            &broker,
+            vec![
+                with("a", 0),
+                with("b", 9),
+                with("c", 0),
+                with("d", 5),
+                with("e", 200),
+            ],
+        )
+        .await;
+        assert_eq!(broker.depth("default").await.unwrap(), 5);
+        let first = take(&broker, 2, T0).await;
+        assert_eq!(
+            ids(&first),
+            ["b", "e"],
+            "200 counts as 9, after the older 9"
+        );
+        assert_eq!(
+            settle(&broker, &first[0], Settlement::Release).await,
+            Settled::Committed
+        );
+        let rest = take(&broker, 10, T0).await;
+        assert_eq!(ids(&rest), ["b", "d", "a", "c"]);
+        assert_eq!(
+            rest[0].deliveries, 1,
+            "a release does not count as a delivery"
+        );
+        assert_eq!(broker.depth("default").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn eta_waits_in_the_delayed_set() {
+        let broker = MemoryBroker::new();
+        put(
+            &broker,
+            vec![TaskMessage {
+                eta_ms: Some(T0 + 5_000),
+                ..message("later")
+            }],
+        )
+        .await;
+        assert_eq!(broker.depth("default").await.unwrap(), 0);
+        assert!(take(&broker, 1, T0 + 4_999).await.is_empty());
+        assert_eq!(ids(&take(&broker, 1, T0 + 5_000).await), ["later"]);
+    }
+
+    #[tokio::test]
+    async fn expired_messages_are_revoked_not_delivered() {
+        let broker = MemoryBroker::new();
+        put(
+            &broker,
+            vec![
+                TaskMessage {
+                    expires_ms: Some(T0 + 10),
+                    ..message("stale")
+                },
+                message("fresh"),
+            ],
+        )
+        .await;
+        assert_eq!(ids(&take(&broker, 5, T0 + 11).await), ["fresh"]);
+        let record = broker.record("stale").await.unwrap().unwrap();
+        assert_eq!(record.state, State::Revoked);
+        assert_eq!(record.error.unwrap().kind, KIND_EXPIRED);
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_and_duplicate_ids() {
+        let broker = MemoryBroker::new();
+        let keyed = |id: &str| NewTask {
+            message: message(id),
+            idempotency_key: Some("k".to_string()),
+        };
+        let first = broker
+            .enqueue(vec![keyed("a"), keyed("b")], T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            [
+                Enqueued {
+                    id: "a".to_string(),
+                    created: true
+                },
+                Enqueued {
+                    id: "a".to_string(),
+                    created: false
+                },
+            ]
+        );
+        assert_eq!(broker.record("b").await.unwrap(), None);
+
+        let refused = broker
+            .enqueue(
+                vec![new(message("c")), new(message("a")), new(message("d"))],
+                T0,
+            )
+            .await;
+        assert!(matches!(refused, Err(Error::DuplicateId(id)) if id == "a"));
+        assert!(
+            broker.record("c").await.unwrap().is_some(),
+            "before the duplicate: stored"
+        );
+        assert!(
+            broker.record("d").await.unwrap().is_none(),
+            "after it: not stored"
+        );
+
+        let later = T0 + IDEMPOTENCY_TTL_MS;
+        let again = broker.enqueue(vec![keyed("e")], later).await.unwrap();
+        assert_eq!(
+            again,
+            [Enqueued {
+                id: "e".to_string(),
+                created: true
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reaped_lease_is_fenced_off() {
+        let broker = MemoryBroker::new();
+        put(&broker, vec![message("a")]).await;
+        let old = take(&broker, 1, T0).await.remove(0);
+        assert_eq!(broker.reap(T0 + LEASE_MS - 1, 10).await.unwrap(), 0);
+        assert_eq!(broker.reap(T0 + LEASE_MS, 10).await.unwrap(), 1);
+        assert_eq!(state(&broker, "a").await, Some(State::Pending));
+
+        let new = take(&broker, 1, T0 + LEASE_MS).await.remove(0);
+        assert_ne!(new.token, old.token);
+        assert_eq!((new.deliveries, new.attempt), (2, 1));
+        assert_eq!(
+            broker
+                .renew(&[lease(&old), lease(&new)], LEASE_MS, T0)
+                .await
+                .unwrap(),
+            [false, true]
+        );
+        let late = settle(
+            &broker,
+            &old,
+            Settlement::Finish(attempt(1, State::Success)),
+        )
+        .await;
+        assert_eq!(late, Settled::Stale);
+        let current = settle(
+            &broker,
+            &new,
+            Settlement::Finish(attempt(1, State::Success)),
+        )
+        .await;
+        assert_eq!(current, Settled::Committed);
+        let record = broker.record("a").await.unwrap().unwrap();
+        assert_eq!((record.state, record.output()), (State::Success, Some("3")));
+    }
+
+    #[tokio::test]
+    async fn dead_lettered_after_max_deliveries_then_retried() {
+        let broker = MemoryBroker::new();
+        put(
+            &broker,
+            vec![TaskMessage {
+                max_deliveries: 2,
+                ..message("poison")
+            }],
+        )
+        .await;
+        let mut now = T0;
+        for _ in 0..2 {
+            assert_eq!(take(&broker, 1, now).await.len(), 1);
+            now += LEASE_MS;
+            assert_eq!(broker.reap(now, 10).await.unwrap(), 1);
+        }
+        let dead = broker.dead(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].state, State::Failure);
+        let error = dead[0].error.clone().unwrap();
+        assert_eq!(error.kind, KIND_DEAD_LETTERED);
+        assert!(error.message.contains('2'), "{}", error.message);
+
+        assert_eq!(broker.retry_dead(None, now).await.unwrap(), 1);
+        assert!(broker.dead(10).await.unwrap().is_empty());
+        let record = broker.record("poison").await.unwrap().unwrap();
+        assert_eq!((record.state, record.deliveries), (State::Pending, 0));
+        let again = take(&broker, 1, now).await.remove(0);
+        assert_eq!((again.deliveries, again.attempt), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn retry_runs_as_the_next_attempt_after_its_eta() {
+        let broker = MemoryBroker::new();
+        put(&broker, vec![message("a")]).await;
+        let first = take(&broker, 1, T0).await.remove(0);
+        let retry = Settlement::Retry {
+            attempt: attempt(1, State::Retry),
+            eta_ms: T0 + 1_000,
+        };
+        assert_eq!(settle(&broker, &first, retry).await, Settled::Committed);
+        assert_eq!(state(&broker, "a").await, Some(State::Retry));
+        assert!(take(&broker, 1, T0 + 999).await.is_empty());
+        let second = take(&broker, 1, T0 + 1_000).await.remove(0);
+        assert_eq!((second.attempt, second.deliveries), (2, 1));
+        let record = broker.record("a").await.unwrap().unwrap();
+        assert_eq!(record.attempts.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn final_records_expire() {
+        let broker = MemoryBroker::new();
+        put(
+            &broker,
+            vec![TaskMessage {
+                result_expires_ms: 100,
+                ..message("a")
+            }],
+        )
+        .await;
+        assert_eq!(
+            broker.revoke("a", false, T0).await.unwrap(),
+            Revoked::Revoked
+        );
+        assert_eq!(
+            broker.revoke("a", false, T0 + 99).await.unwrap(),
+            Revoked::AlreadyFinal(State::Revoked)
+        );
+        assert_eq!(broker.reap(T0 + 100, 10).await.unwrap(), 0);
+        assert_eq!(broker.record("a").await.unwrap(), None);
+        assert_eq!(
+            broker.revoke("a", false, T0 + 100).await.unwrap(),
+            Revoked::Unknown
+        );
+        put(&broker, vec![message("a")]).await;
+    }
+
+    #[tokio::test]
+    async fn wait_is_woken_by_settle() {
+        let broker = MemoryBroker::new();
+        assert_eq!(broker.wait("nobody", NO_LOST_WAKEUP).await.unwrap(), None);
+        put(&broker, vec![message("a")]).await;
+        let pending = broker.wait("a", Duration::from_millis(1)).await.unwrap();
+        assert_eq!(pending.map(|record| record.state), Some(State::Pending));
+
+        let waiter = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.wait("a", NO_LOST_WAKEUP * 6).await }
+        });
+        tokio::task::yield_now().await;
+        let delivery = take(&broker, 1, T0).await.remove(0);
+        settle(
+            &broker,
+            &delivery,
+            Settlement::Finish(attempt(1, State::Success)),
+        )
+        .await;
+        let record = tokio::time::timeout(NO_LOST_WAKEUP, waiter)
+            .await
+            .expect("wait was not woken")
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.state, State::Success);
+    }
+
+    #[tokio::test]
+    async fn wait_for_work_is_woken_by_enqueue() {
+        let broker = MemoryBroker::new();
+        let waiter = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.wait_for_work(&queues(), NO_LOST_WAKEUP * 6).await }
+        });
+        tokio::task::yield_now().await;
+        put(&broker, vec![message("a")]).await;
+        tokio::time::timeout(NO_LOST_WAKEUP, waiter)
+            .await
+            .expect("wait_for_work was not woken")
+            .unwrap()
+            .unwrap();
+        // Work already waiting: no wait at all.
+        tokio::time::timeout(
+            NO_LOST_WAKEUP,
+            broker.wait_for_work(&queues(), NO_LOST_WAKEUP * 6),
+        )
+        .await
+        .expect("returned at once")
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn terminate_reaches_subscribers_of_a_running_task() {
+        let broker = MemoryBroker::new();
+        let mut terminations = broker.terminations().await.unwrap();
+        drop(broker.terminations().await.unwrap());
+        put(&broker, vec![message("run"), message("wait")]).await;
+        let running = take(&broker, 1, T0).await.remove(0);
+        assert_eq!(
+            broker.revoke("run", false, T0).await.unwrap(),
+            Revoked::Running { terminating: false }
+        );
+        assert_eq!(
+            broker.revoke("run", true, T0).await.unwrap(),
+            Revoked::Running { terminating: true }
+        );
+        assert_eq!(terminations.recv().await.as_deref(), Some("run"));
+        assert!(broker.terminating("run").await.unwrap());
+        assert_eq!(
+            broker.revoke("wait", true, T0).await.unwrap(),
+            Revoked::Revoked
+        );
+        assert!(!broker.terminating("wait").await.unwrap());
+
+        settle(
+            &broker,
+            &running,
+            Settlement::Finish(attempt(1, State::Revoked)),
+        )
+        .await;
+        assert!(!broker.terminating("run").await.unwrap());
+        assert_eq!(state(&broker, "run").await, Some(State::Revoked));
+        assert_eq!(
+            broker.lock().subscribers.len(),
+            1,
+            "the closed subscriber is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_revokes_ready_and_delayed() {
+        let broker = MemoryBroker::new();
+        put(
+            &broker,
+            vec![
+                message("a"),
+                TaskMessage {
+                    eta_ms: Some(T0 + 1),
+                    ..message("b")
+                },
+            ],
+        )
+        .await;
+        assert_eq!(broker.purge("default", T0).await.unwrap(), 2);
+        let record = broker.record("b").await.unwrap().unwrap();
+        assert_eq!(
+            (record.state, record.error.unwrap().kind.as_str()),
+            (State::Revoked, KIND_PURGED)
+        );
+        assert!(take(&broker, 5, T0 + 1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn redeploys_keep_one_entry_per_digest() {
+        let broker = MemoryBroker::new();
+        let upload = |digest: &str, deployed_ms| Upload {
+            name: "math".to_string(),
+            version: Version {
+                digest: digest.to_string(),
+                deployed_ms,
+                tasks: Vec::new(),
+                size: 3,
+            },
+            compressed: digest.as_bytes().to_vec(),
+        };
+        let digests = |record: &ComponentRecord| -> Vec<(String, u64)> {
+            record
+                .versions
+                .iter()
+                .map(|v| (v.digest.clone(), v.deployed_ms))
+                .collect()
+        };
+        broker.put_component(upload("aa", 1)).await.unwrap();
+        broker.put_component(upload("bb", 2)).await.unwrap();
+        let same = broker.put_component(upload("bb", 3)).await.unwrap();
+        assert_eq!(
+            digests(&same),
+            [("bb".to_string(), 2), ("aa".to_string(), 1)]
+        );
+        let back = broker.put_component(upload("aa", 4)).await.unwrap();
+        assert_eq!(
+            digests(&back),
+            [("aa".to_string(), 4), ("bb".to_string(), 2)]
+        );
+        assert_eq!(broker.components().await.unwrap(), [back]);
+        assert_eq!(
+            broker.blob("bb").await.unwrap().as_deref(),
+            Some(&b"bb"[..])
+        );
+        assert_eq!(broker.blob("cc").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,104 @@
+-- Leases up to `max` messages to a worker (Broker::reserve): first moves due delayed messages
+-- of the queues to their ready sets, then pops the best ready ones, queue by queue in the
+-- order given. Messages past their `expires` become REVOKED (kind `expired`) instead.
+--
+-- KEYS[1]  the `fence` counter
+-- KEYS[2]  `leases`
+-- ARGV[1]  key prefix; ARGV[2] worker; ARGV[3] now (ms); ARGV[4] lease expiry (ms);
+-- ARGV[5]  max; ARGV[6] most delayed messages promoted per queue and call;
+-- ARGV[7..] the queues
+--
+-- Returns { { id, token, message JSON, deliveries, attempt, ... }, { dropped id, ... } }.
+-- A ready id without a stored message (written by hand) is dropped and reported.
+local prefix, worker = ARGV[1], ARGV[2]
+local now_ms, lease_until = ARGV[3], ARGV[4]
+local now = tonumber(now_ms)
+local max, promote_limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+-- Small counts as strings, each formatted once: Redis formats a Lua number argument with a
+-- costly float conversion.
+local decimals = {}
+local function decimal(n)
+  local text = decimals[n]
+  if not text then
+    text = string.format('%d', n)
+    decimals[n] = text
+  end
+  return text
+end
+
+local function expire(key, id, expires, result_ttl)
+  redis.call('HSET', key, 'state', 'REVOKED', 'finished', now_ms, 'error',
+    '{"kind":"expired","message":"expired at ' .. expires .. ' ms before it started"}')
+  if result_ttl then
+    redis.call('PEXPIRE', key, result_ttl)
+  end
+  redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
+end
+
+for q = 7, #ARGV do
+  local queue = ARGV[q]
+  local delayed = prefix .. 'delayed:' .. queue
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, promote_limit)
+  if #due > 0 then
+    local ready = prefix .. 'ready:' .. queue
+    for _, id in ipairs(due) do
+      local key = prefix .. 'task:' .. id
+      local f = redis.call('HMGET', key, 'score', 'expires', 'result_ttl')
+      if f[2] and tonumber(f[2]) < now then
+        expire(key, id, f[2], f[3])
+      elseif f[1] then
+        redis.call('ZADD', ready, f[1], id)
+      end
+    end
+    redis.call('ZREM', delayed, unpack(due))
+    -- More may have become ready than this worker takes.
+    redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+  end
+end
+
+local chosen = {}
+local dropped = {}
+for q = 7, #ARGV do
+  local ready = prefix .. 'ready:' .. ARGV[q]
+  while #chosen < max do
+    local popped = redis.call('ZPOPMIN', ready, max - #chosen)
+    if #popped == 0 then
+      break
+    end
+    for j = 1, #popped, 2 do
+      local id = popped[j]
+      local key = prefix .. 'task:' .. id
+      local f = redis.call('HMGET', key, 'msg', 'deliveries', 'attempt', 'expires', 'result_ttl')
+      if not f[1] then
+        dropped[#dropped + 1] = id
+      elseif f[4] and tonumber(f[4]) < now then
+        expire(key, id, f[4], f[5])
+      else
+        chosen[#chosen + 1] = { key, id, f[1], (tonumber(f[2]) or 0) + 1, f[3] or '1' }
+      end
+    end
+  end
+end
+
+local out = {}
+if #chosen > 0 then
+  -- One INCRBY mints every token of the batch.
+  local first = redis.call('INCRBY', KEYS[1], #chosen) - #chosen
+  local leases = {}
+  for i, c in ipairs(chosen) do
+    local token = first + i
+    -- Formatted once here: Redis would format a Lua number argument as a float, slowly.
+    redis.call('HSET', c[1], 'state', 'RECEIVED', 'token', string.format('%d', token),
+      'worker', worker, 'deliveries', decimal(c[4]))
+    leases[#leases + 1] = lease_until
+    leases[#leases + 1] = c[2]
+    out[#out + 1] = c[2]
+    out[#out + 1] = token
+    out[#out + 1] = c[3]
+    out[#out + 1] = c[4]
+    out[#out + 1] = c[5]
+  end
+  redis.call('ZADD', KEYS[2], unpack(leases))
+end
+return { out, dropped }

@@ -1,0 +1,96 @@
+-- Ends leases (Broker::settle), each only if its token still matches: a worker whose lease
+-- was reaped (and perhaps given to another) writes nothing.
+--
+-- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter
+-- ARGV[1]  key prefix; ARGV[2] now (ms)
+-- then 6 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none):
+--   F  finish       operand = final state; the attempt is stored, the record expires later
+--   R  retry        operand = eta (ms); the attempt is stored, the next one waits for the eta
+--   L  release      back to its ready place at once; this delivery does not count
+--   D  dead-letter  FAILURE with the error, into `dead`
+--
+-- An empty `token`, `error` or `progress` field means none: writing '' costs no extra call,
+-- where HDEL would.
+--
+-- Returns 1 (committed) or 0 (stale) per settlement.
+local prefix, now_ms = ARGV[1], ARGV[2]
+local now = tonumber(now_ms)
+local WIDTH = 6
+local out = {}
+local unleased = {}
+local final = {}
+local woken = {}
+
+for a = 2, #ARGV - 1, WIDTH do
+  local id, token, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local operand, attempt_json, err = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local key = prefix .. 'task:' .. id
+  if kind == 'F' then
+    local f = redis.call('HMGET', key, 'token', 'attempt', 'result_ttl', 'watched')
+    if f[1] == token then
+      redis.call('HSET', key, 'state', operand, 'a:' .. (f[2] or '1'), attempt_json,
+        'finished', now_ms, 'token', '', 'error', err)
+      if f[3] then
+        redis.call('PEXPIRE', key, f[3])
+      end
+      -- Only a waiter (watch.lua) listens; most tasks have none, and PUBLISH is a call.
+      if f[4] then
+        redis.call('PUBLISH', prefix .. 'done:' .. id, operand)
+      end
+      final[#final + 1] = id
+    end
+    out[#out + 1] = f[1] == token and 1 or 0
+  elseif kind == 'R' then
+    local f = redis.call('HMGET', key, 'token', 'attempt', 'queue', 'score')
+    if f[1] == token then
+      local attempt = tonumber(f[2]) or 1
+      -- The error shows while it waits; progress belonged to the attempt that ended.
+      redis.call('HSET', key, 'state', 'RETRY', 'a:' .. (f[2] or '1'), attempt_json,
+        'attempt', string.format('%d', attempt + 1), 'deliveries', '0', 'token', '',
+        'error', err, 'progress', '')
+      if tonumber(operand) > now then
+        redis.call('ZADD', prefix .. 'delayed:' .. f[3], operand, id)
+      else
+        redis.call('ZADD', prefix .. 'ready:' .. f[3], f[4], id)
+      end
+      woken[f[3]] = true
+    end
+    out[#out + 1] = f[1] == token and 1 or 0
+  elseif kind == 'L' then
+    local f = redis.call('HMGET', key, 'token', 'queue', 'score', 'deliveries')
+    if f[1] == token then
+      local deliveries = math.max((tonumber(f[4]) or 1) - 1, 0)
+      redis.call('HSET', key, 'state', 'PENDING', 'token', '',
+        'deliveries', string.format('%d', deliveries))
+      redis.call('ZADD', prefix .. 'ready:' .. f[2], f[3], id)
+      woken[f[2]] = true
+    end
+    out[#out + 1] = f[1] == token and 1 or 0
+  else
+    local held = redis.call('HGET', key, 'token') == token
+    if held then
+      redis.call('HSET', key, 'state', 'FAILURE', 'error', err, 'finished', now_ms,
+        'token', '')
+      -- Scored by a counter, not the clock: "most recent first" is call order even within
+      -- one millisecond.
+      redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), id)
+      redis.call('PUBLISH', prefix .. 'done:' .. id, 'FAILURE')
+      final[#final + 1] = id
+    end
+    out[#out + 1] = held and 1 or 0
+  end
+  if out[#out] == 1 then
+    unleased[#unleased + 1] = id
+  end
+end
+
+if #unleased > 0 then
+  redis.call('ZREM', KEYS[1], unpack(unleased))
+end
+if #final > 0 then
+  redis.call('SREM', KEYS[3], unpack(final))
+end
+for queue in pairs(woken) do
+  redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+end
+return out

@@ -1,0 +1,419 @@
+//! The producer API: connect with one URL, call tasks with Celery's options, read results.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let client = wtq_client::Client::connect("redis://127.0.0.1:6379").await?;
+//! let result = client.call("math.add").args(serde_json::json!([2, 3])).send().await?;
+//! let sum = result.get(Duration::from_secs(10)).await?;
+//! assert_eq!(sum, serde_json::json!(5));
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::broker::{self, Broker, NewTask, Revoked};
+use crate::connect::{AnyBroker, connect};
+use crate::message::{
+    Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, MAX_PRIORITY,
+    State, TaskFailure, TaskMessage, TaskRecord, now_ms,
+};
+use crate::registry::{Address, AddressError, ComponentRecord, valid_name};
+
+/// Largest JSON arguments accepted at enqueue (the workers' default argument limit).
+pub const MAX_ARGS_BYTES: usize = 1 << 20;
+/// The queue a call goes to unless it names one, as Celery's `celery` queue.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Why a call could not be enqueued or a result read. Each message names the thing and the
+/// value involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Broker(#[from] broker::Error),
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("unknown component `{name}`; deployed: {known}")]
+    UnknownComponent { name: String, known: String },
+    #[error("component `{component}` has no task `{task}`; it offers: {known}")]
+    UnknownTask {
+        component: String,
+        task: String,
+        known: String,
+    },
+    #[error("{0}")]
+    Args(#[from] crate::args::ArgsError),
+    #[error("arguments are {size} bytes of JSON, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    InvalidOption(String),
+}
+
+/// Connects producers to the queue.
+#[derive(Clone)]
+pub struct Client<B = AnyBroker> {
+    broker: B,
+}
+
+impl Client<AnyBroker> {
+    /// Connects to the broker `url` names (`redis://host:port[?namespace=NAME]`).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Ok(Client {
+            broker: connect(url).await?,
+        })
+    }
+}
+
+impl<B: Broker + Clone> Client<B> {
+    /// A client over an existing broker (e.g. the embedded one).
+    pub fn with_broker(broker: B) -> Self {
+        Client { broker }
+    }
+
+    /// The broker underneath.
+    pub fn broker(&self) -> &B {
+        &self.broker
+    }
+
+    /// Starts a call of `address` (`NAME.TASK` or `NAME@DIGEST.TASK`).
+    pub fn call(&self, address: &str) -> Call<'_, B> {
+        Call {
+            client: self,
+            address: address.to_string(),
+            options: CallOptions::default(),
+        }
+    }
+
+    /// A handle on the result of task `id`.
+    pub fn result(&self, id: &str) -> AsyncResult<B> {
+        AsyncResult {
+            id: id.to_string(),
+            broker: self.broker.clone(),
+        }
+    }
+
+    /// Enqueues prepared messages in one round trip (see [`Call::prepare`]).
+    pub async fn enqueue(&self, tasks: Vec<NewTask>) -> Result<Vec<AsyncResult<B>>, ClientError> {
+        let enqueued = self.broker.enqueue(tasks, now_ms()).await?;
+        Ok(enqueued
+            .into_iter()
+            .map(|task| self.result(&task.id))
+            .collect())
+    }
+
+    async fn component(&self, name: &str) -> Result<ComponentRecord, ClientError> {
+        if let Some(record) = self.broker.component(name).await? {
+            return Ok(record);
+        }
+        let known: Vec<String> = self
+            .broker
+            .components()
+            .await?
+            .into_iter()
+            .map(|record| record.name)
+            .collect();
+        Err(ClientError::UnknownComponent {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none (use `wtq deploy`)".into()
+            } else {
+                known.join(", ")
+            },
+        })
+    }
+}
+
+/// Celery's call options (`apply_async`), all optional.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    pub queue: Option<String>,
+    pub priority: Option<u8>,
+    pub countdown: Option<Duration>,
+    /// Not before this time (Unix ms).
+    pub eta_ms: Option<u64>,
+    pub expires: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub retry_backoff: Option<Backoff>,
+    pub limits: LimitOverrides,
+    pub task_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub max_deliveries: Option<u32>,
+    pub result_expires: Option<Duration>,
+}
+
+/// A call being built: set options, then [`send`](Call::send).
+pub struct Call<'a, B> {
+    client: &'a Client<B>,
+    address: String,
+    options: CallOptions,
+}
+
+impl<B: Broker + Clone> Call<'_, B> {
+    /// Positional arguments (a JSON array), or keyword arguments as a lone JSON object.
+    pub fn args(mut self, args: Value) -> Self {
+        self.options.args = Some(args);
+        self
+    }
+    /// Keyword arguments (a JSON object), merged with positional ones by parameter name.
+    pub fn kwargs(mut self, kwargs: Value) -> Self {
+        self.options.kwargs = Some(kwargs);
+        self
+    }
+    pub fn queue(mut self, queue: &str) -> Self {
+        self.options.queue = Some(queue.to_string());
+        self
+    }
+    /// 0 (default, lowest) to 9 (highest).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.options.priority = Some(priority);
+        self
+    }
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.options.countdown = Some(delay);
+        self
+    }
+    /// Not before `eta_ms` (Unix ms).
+    pub fn eta_ms(mut self, eta_ms: u64) -> Self {
+        self.options.eta_ms = Some(eta_ms);
+        self
+    }
+    pub fn expires(mut self, after: Duration) -> Self {
+        self.options.expires = Some(after);
+        self
+    }
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.options.max_retries = Some(retries);
+        self
+    }
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.options.retry_backoff = Some(backoff);
+        self
+    }
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.options.limits.time_ms = Some(limit.as_millis() as u64);
+        self
+    }
+    pub fn fuel(mut self, fuel: u64) -> Self {
+        self.options.limits.fuel = Some(fuel);
+        self
+    }
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.options.limits.memory = Some(bytes);
+        self
+    }
+    pub fn task_id(mut self, id: &str) -> Self {
+        self.options.task_id = Some(id.to_string());
+        self
+    }
+    pub fn idempotency_key(mut self, key: &str) -> Self {
+        self.options.idempotency_key = Some(key.to_string());
+        self
+    }
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.options.max_deliveries = Some(deliveries);
+        self
+    }
+    pub fn result_expires(mut self, after: Duration) -> Self {
+        self.options.result_expires = Some(after);
+        self
+    }
+    /// Replaces every option at once.
+    pub fn options(mut self, options: CallOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Checks the call against the registry and builds its message, without enqueueing it.
+    pub async fn prepare(self) -> Result<NewTask, ClientError> {
+        let address = Address::parse(&self.address)?;
+        let record = self.client.component(&address.component).await?;
+        let version = match &address.digest {
+            Some(prefix) => record.pinned(prefix)?,
+            None => record
+                .current()
+                .ok_or_else(|| ClientError::UnknownComponent {
+                    name: address.component.clone(),
+                    known: "it has no versions".into(),
+                })?,
+        };
+        let Some(task) = version.tasks.iter().find(|task| task.name == address.task) else {
+            let known: Vec<&str> = version
+                .tasks
+                .iter()
+                .map(|task| task.name.as_str())
+                .collect();
+            return Err(ClientError::UnknownTask {
+                component: address.component,
+                task: address.task,
+                known: known.join(", "),
+            });
+        };
+        let options = self.options;
+        let (positional, keywords) = match (options.args, options.kwargs) {
+            (Some(object @ Value::Object(_)), None) => (None, Some(object)),
+            other => other,
+        };
+        let args = crate::args::encode(task, positional, keywords)?;
+        if args.len() > MAX_ARGS_BYTES {
+            return Err(ClientError::TooLarge {
+                size: args.len(),
+                limit: MAX_ARGS_BYTES,
+            });
+        }
+        let queue = options.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        if !valid_name(&queue) {
+            return Err(ClientError::InvalidOption(format!(
+                "queue `{queue}`: use 1 to 128 ASCII letters, digits, `_` or `-`"
+            )));
+        }
+        let priority = options.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(ClientError::InvalidOption(format!(
+                "priority {priority} is out of range: use 0 (lowest) to {MAX_PRIORITY} (highest)"
+            )));
+        }
+        if let Some(id) = &options.task_id
+            && (id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c == ' '))
+        {
+            return Err(ClientError::InvalidOption(format!(
+                "task id `{id}`: use 1 to 128 printable characters without spaces"
+            )));
+        }
+        let now = now_ms();
+        let eta_ms = match (options.countdown, options.eta_ms) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::InvalidOption(
+                    "give either a countdown or an ETA, not both".into(),
+                ));
+            }
+            (Some(delay), None) => Some(now + delay.as_millis() as u64),
+            (None, eta) => eta,
+        };
+        let message = TaskMessage {
+            id: options
+                .task_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            component: address.component,
+            digest: address.digest.map(|_| version.digest.clone()),
+            task: address.task,
+            args,
+            queue,
+            priority,
+            eta_ms,
+            expires_ms: options.expires.map(|after| now + after.as_millis() as u64),
+            max_retries: options.max_retries,
+            retry_backoff: options.retry_backoff,
+            limits: options.limits,
+            max_deliveries: options
+                .max_deliveries
+                .unwrap_or(DEFAULT_MAX_DELIVERIES)
+                .max(1),
+            result_expires_ms: options
+                .result_expires
+                .map_or(DEFAULT_RESULT_EXPIRES_MS, |after| after.as_millis() as u64),
+            created_ms: now,
+        };
+        Ok(NewTask {
+            message,
+            idempotency_key: options.idempotency_key,
+        })
+    }
+
+    /// Enqueues the call and returns a handle on its result (for an idempotency key seen
+    /// before, the handle of the first task).
+    pub async fn send(self) -> Result<AsyncResult<B>, ClientError> {
+        let client = self.client;
+        let task = self.prepare().await?;
+        let mut results = client.enqueue(vec![task]).await?;
+        results.pop().ok_or_else(|| {
+            ClientError::Broker(broker::Error::Corrupt("enqueue returned no id".into()))
+        })
+    }
+}
+
+/// Why [`AsyncResult::get`] has no output.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    #[error("task {id} failed ({}): {}", .error.kind, .error.message)]
+    Failed { id: String, error: TaskFailure },
+    #[error("task {id} was revoked ({}): {}", .error.kind, .error.message)]
+    Revoked { id: String, error: TaskFailure },
+    #[error("task {id} did not finish within {timeout:?} (state {state})")]
+    Timeout {
+        id: String,
+        timeout: Duration,
+        state: State,
+    },
+    #[error("no task {id} (never enqueued, or its result expired)")]
+    Unknown { id: String },
+    #[error(transparent)]
+    Broker(#[from] broker::Error),
+}
+
+/// A handle on a task's result, as Celery's `AsyncResult`.
+#[derive(Clone)]
+pub struct AsyncResult<B = AnyBroker> {
+    id: String,
+    broker: B,
+}
+
+impl<B: Broker> AsyncResult<B> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The full record (state, attempts, errors, metrics), if the task exists.
+    pub async fn record(&self) -> Result<Option<TaskRecord>, broker::Error> {
+        self.broker.record(&self.id).await
+    }
+
+    /// The current state; PENDING for an unknown id, as in Celery.
+    pub async fn state(&self) -> Result<State, broker::Error> {
+        Ok(self
+            .record()
+            .await?
+            .map_or(State::Pending, |record| record.state))
+    }
+
+    /// Whether the task finished (successfully or not).
+    pub async fn ready(&self) -> Result<bool, broker::Error> {
+        Ok(self.state().await?.is_final())
+    }
+
+    /// Whether the task finished successfully.
+    pub async fn successful(&self) -> Result<bool, broker::Error> {
+        Ok(self.state().await? == State::Success)
+    }
+
+    /// Waits (without polling) up to `timeout` for the task and returns its output.
+    pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
+        let id = self.id.clone();
+        let record = self.broker.wait(&self.id, timeout).await?;
+        let record = record.ok_or_else(|| ResultError::Unknown { id: id.clone() })?;
+        let error = || {
+            record.error.clone().unwrap_or(TaskFailure {
+                kind: "unknown".into(),
+                message: "no error recorded".into(),
+            })
+        };
+        match record.state {
+            State::Success => {
+                let output = record.output().unwrap_or("null");
+                serde_json::from_str(output)
+                    .map_err(|e| broker::Error::Corrupt(format!("output of task {id}: {e}")).into())
+            }
+            State::Failure => Err(ResultError::Failed { id, error: error() }),
+            State::Revoked => Err(ResultError::Revoked { id, error: error() }),
+            state => Err(ResultError::Timeout { id, timeout, state }),
+        }
+    }
+
+    /// Revokes the task; with `terminate`, a running call is stopped at its next epoch tick.
+    pub async fn revoke(&self, terminate: bool) -> Result<Revoked, broker::Error> {
+        self.broker.revoke(&self.id, terminate, now_ms()).await
+    }
+}

@@ -1,0 +1,603 @@
+//! The client commands: `deploy`, `components`, `call`, `result`, `status`, `revoke`, `purge`
+//! and `dead`. Each parses its arguments, calls the library once and prints the answer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use wtq_client::broker::{self, Broker, Revoked};
+use wtq_client::message::{Backoff, State, TaskRecord, now_ms};
+use wtq_client::{AnyBroker, Client, ClientError};
+
+use super::{Failure, exit, say};
+use crate::units;
+
+/// Where the broker is, for every client command.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The broker: redis://HOST:PORT[/DB][?namespace=NAME] or rediss://…
+    #[arg(
+        long,
+        env = "WTQ_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub url: String,
+}
+
+impl Connection {
+    pub async fn connect(&self) -> Result<AnyBroker, Failure> {
+        wtq_client::connect(&self.url).await.map_err(broker_failure)
+    }
+}
+
+/// The exit code and line for a broker error.
+pub fn broker_failure(error: broker::Error) -> Failure {
+    let code = match error {
+        broker::Error::Url { .. } => exit::USAGE,
+        broker::Error::DuplicateId(_) => exit::INVALID_ARGS,
+        _ => exit::UNAVAILABLE,
+    };
+    Failure::new(code, error.to_string())
+}
+
+fn client_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Broker(error) => broker_failure(error),
+        ClientError::TooLarge { .. } => Failure::new(exit::ARGS_TOO_LARGE, error.to_string()),
+        other => Failure::new(exit::INVALID_ARGS, other.to_string()),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The component (.wasm) to deploy.
+    file: PathBuf,
+    /// Registry name (default: the file stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// Largest component accepted.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_bytes, default_value = "64MiB")]
+    max_size: u64,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .file
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    if size > args.max_size {
+        return Err(Failure::new(
+            exit::INVALID_COMPONENT,
+            format!(
+                "{} is {}, over the upload limit of {} (--max-size)",
+                args.file.display(),
+                units::format_bytes(size),
+                units::format_bytes(args.max_size)
+            ),
+        ));
+    }
+    let wasm = std::fs::read(&args.file).map_err(|error| {
+        Failure::new(
+            exit::INVALID_COMPONENT,
+            format!("cannot read component `{}`: {error}", args.file.display()),
+        )
+    })?;
+    let broker = args.connection.connect().await?;
+    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
+        concurrency: 1,
+        ..Default::default()
+    })
+    .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+    let record = crate::registry::deploy(&broker, &sandbox, &name, wasm, args.max_size)
+        .await
+        .map_err(|error| match error {
+            crate::registry::DeployError::Broker(error) => broker_failure(error),
+            other => Failure::new(
+                exit::INVALID_COMPONENT,
+                format!("{}: {other}", args.file.display()),
+            ),
+        })?;
+    let Some(version) = record.current() else {
+        return Err(Failure::new(
+            exit::INTERNAL,
+            "the registry stored no version",
+        ));
+    };
+    say(format!("deployed {} {}", record.name, version.digest));
+    for task in &version.tasks {
+        say(format!(
+            "  {}.{}({})",
+            record.name,
+            task.name,
+            task.params.join(", ")
+        ));
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ComponentsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn components(args: ComponentsArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    let records = broker.components().await.map_err(broker_failure)?;
+    if args.json {
+        say(serde_json::to_string(&records).unwrap_or_default());
+        return Ok(exit::SUCCESS);
+    }
+    if records.is_empty() {
+        say("no components deployed (use `wtq deploy FILE.wasm`)");
+    }
+    for record in records {
+        let Some(current) = record.current() else {
+            continue;
+        };
+        say(format!(
+            "{}  {}  deployed {}  {}",
+            record.name,
+            &current.digest[..12.min(current.digest.len())],
+            units::format_rfc3339(current.deployed_ms),
+            units::format_bytes(current.size)
+        ));
+        for task in &current.tasks {
+            let signature = format!("{}.{}({})", record.name, task.name, task.params.join(", "));
+            say(format!(
+                "  {signature:<32} {}",
+                super::one_line(task.doc.lines().next().unwrap_or_default())
+            ));
+        }
+        for previous in record.versions.iter().skip(1) {
+            say(format!(
+                "  previous {}  deployed {}",
+                &previous.digest[..12.min(previous.digest.len())],
+                units::format_rfc3339(previous.deployed_ms)
+            ));
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The task: NAME.TASK (current version) or NAME@DIGEST.TASK (pinned).
+    task: String,
+    /// Positional arguments as a JSON array (or keyword arguments as a JSON object); `@FILE`
+    /// reads them from a file, `-` from stdin.
+    args: Option<String>,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    kwargs: Option<String>,
+    /// Queue to send to.
+    #[arg(long, short = 'Q', default_value = wtq_client::DEFAULT_QUEUE)]
+    queue: String,
+    /// 0 (lowest, default) to 9 (highest).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Run no sooner than this from now, e.g. 10s.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, conflicts_with = "eta")]
+    countdown: Option<Duration>,
+    /// Run no sooner than this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = units::parse_rfc3339)]
+    eta: Option<u64>,
+    /// Revoke (never run) if not started within this duration, or by this RFC 3339 time.
+    #[arg(long, value_name = "DURATION|TIME")]
+    expires: Option<String>,
+    /// Retries allowed, also after failures (task errors, traps, time limits).
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Exponential backoff between retries starting at this delay (default 1s when given
+    /// without a value).
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "1s", value_parser = units::parse_duration)]
+    retry_backoff: Option<Duration>,
+    /// Longest delay between retries.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "10m")]
+    retry_backoff_max: Duration,
+    /// Use exact backoff delays instead of random ones below them.
+    #[arg(long)]
+    no_retry_jitter: bool,
+    /// Wall-clock time limit of the task.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    time_limit: Option<Duration>,
+    /// Fuel budget of the task.
+    #[arg(long, value_name = "N", value_parser = units::parse_count)]
+    fuel: Option<u64>,
+    /// Memory limit of the task, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_bytes)]
+    memory: Option<u64>,
+    /// Use this task id instead of a new UUID.
+    #[arg(long)]
+    task_id: Option<String>,
+    /// A second call with the same key returns the first task's id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Deliveries of one attempt before the message is dead-lettered.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_deliveries: Option<u32>,
+    /// How long the result is kept.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    result_expires: Option<Duration>,
+    /// Wait for the task and print its result instead of its id.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, requires = "wait")]
+    timeout: Option<Duration>,
+    /// With --wait, print the task's record as JSON.
+    #[arg(long, requires = "wait")]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn call(args: CallArgs) -> Result<u8, Failure> {
+    let positional = args
+        .args
+        .as_deref()
+        .map(|text| super::run::parse_json("arguments", text))
+        .transpose()?;
+    let keywords = args
+        .kwargs
+        .as_deref()
+        .map(|text| super::run::parse_json("--kwargs", text))
+        .transpose()?;
+    let expires = args.expires.as_deref().map(parse_expiry).transpose()?;
+    let options = wtq_client::CallOptions {
+        args: positional,
+        kwargs: keywords,
+        queue: Some(args.queue.clone()),
+        priority: args.priority,
+        countdown: args.countdown,
+        eta_ms: args.eta,
+        expires,
+        max_retries: args.max_retries,
+        retry_backoff: args.retry_backoff.map(|base| Backoff {
+            base_ms: base.as_millis() as u64,
+            max_ms: args.retry_backoff_max.as_millis() as u64,
+            jitter: !args.no_retry_jitter,
+        }),
+        limits: wtq_client::message::LimitOverrides {
+            time_ms: args.time_limit.map(|limit| limit.as_millis() as u64),
+            fuel: args.fuel,
+            memory: args.memory,
+        },
+        task_id: args.task_id.clone(),
+        idempotency_key: args.idempotency_key.clone(),
+        max_deliveries: args.max_deliveries,
+        result_expires: args.result_expires,
+    };
+    let broker = args.connection.connect().await?;
+    let client = Client::with_broker(broker);
+    let result = client
+        .call(&args.task)
+        .options(options)
+        .send()
+        .await
+        .map_err(client_failure)?;
+    if !args.wait {
+        say(result.id());
+        return Ok(exit::SUCCESS);
+    }
+    let timeout = args.timeout.unwrap_or(FOREVER);
+    let record = client
+        .broker()
+        .wait(result.id(), timeout)
+        .await
+        .map_err(broker_failure)?;
+    print_result(result.id(), record, args.json, timeout)
+}
+
+/// `--wait` without `--timeout` waits this long: in practice, until the task is final.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn parse_expiry(text: &str) -> Result<Duration, Failure> {
+    if text.contains('T') || text.contains('t') {
+        let at = units::parse_rfc3339(text)
+            .map_err(|error| Failure::new(exit::USAGE, error.to_string()))?;
+        return Ok(Duration::from_millis(at.saturating_sub(now_ms())));
+    }
+    units::parse_duration(text)
+        .map_err(|error| Failure::new(exit::USAGE, format!("--expires: {error}")))
+}
+
+/// Prints a result as `wtq result` does and returns its exit code.
+fn print_result(
+    id: &str,
+    record: Option<TaskRecord>,
+    json: bool,
+    timeout: Duration,
+) -> Result<u8, Failure> {
+    let Some(record) = record else {
+        return Err(Failure::new(
+            exit::UNKNOWN_TASK,
+            format!("no task {id} (never enqueued, or its result expired)"),
+        ));
+    };
+    if json {
+        say(serde_json::to_string(&record).unwrap_or_default());
+    }
+    let error = record
+        .error
+        .clone()
+        .map(|e| format!("({}): {}", e.kind, e.message))
+        .unwrap_or_default();
+    match record.state {
+        State::Success => {
+            if !json {
+                say(record.output().unwrap_or("null"));
+            }
+            Ok(exit::SUCCESS)
+        }
+        State::Failure if json => Ok(exit::TASK_FAILED),
+        State::Failure => Err(Failure::new(
+            exit::TASK_FAILED,
+            format!("task {id} failed {error}"),
+        )),
+        State::Revoked if json => Ok(exit::REVOKED),
+        State::Revoked => Err(Failure::new(
+            exit::REVOKED,
+            format!("task {id} was revoked {error}"),
+        )),
+        _ if json => Ok(exit::NOT_READY),
+        state => Err(Failure::new(
+            exit::NOT_READY,
+            if timeout.is_zero() {
+                format!("task {id} is {state}, not finished yet (use --wait)")
+            } else {
+                format!(
+                    "task {id} is still {state} after {}",
+                    units::format_duration(timeout)
+                )
+            },
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// The task id.
+    id: String,
+    /// Wait for the task to finish.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, requires = "wait")]
+    timeout: Option<Duration>,
+    /// Print the task's whole record as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn result(args: ResultArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    let (record, timeout) = if args.wait {
+        let timeout = args.timeout.unwrap_or(FOREVER);
+        (
+            broker
+                .wait(&args.id, timeout)
+                .await
+                .map_err(broker_failure)?,
+            timeout,
+        )
+    } else {
+        (
+            broker.record(&args.id).await.map_err(broker_failure)?,
+            Duration::ZERO,
+        )
+    };
+    print_result(&args.id, record, args.json, timeout)
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The task id.
+    id: String,
+    /// Print the task's whole record as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    let Some(record) = broker.record(&args.id).await.map_err(broker_failure)? else {
+        return Err(Failure::new(
+            exit::UNKNOWN_TASK,
+            format!(
+                "no task {} (never enqueued, or its result expired)",
+                args.id
+            ),
+        ));
+    };
+    if args.json {
+        say(serde_json::to_string(&record).unwrap_or_default());
+        return Ok(exit::SUCCESS);
+    }
+    let message = &record.message;
+    say(format!(
+        "{}  {}.{}  {}",
+        record.id, message.component, message.task, record.state
+    ));
+    say(format!(
+        "  queue {}  priority {}  attempt {}  deliveries {}",
+        message.queue,
+        message.priority,
+        record.attempts.len().max(1),
+        record.deliveries
+    ));
+    if let Some(progress) = &record.progress {
+        say(format!(
+            "  progress {}/{} {}",
+            progress.done,
+            progress.total,
+            super::one_line(&progress.note)
+        ));
+    }
+    if let Some(error) = &record.error {
+        say(format!(
+            "  error ({}): {}",
+            error.kind,
+            super::one_line(&error.message)
+        ));
+    }
+    for attempt in &record.attempts {
+        say(format!(
+            "  attempt {} on {}: {} in {} fuel {} memory {}",
+            attempt.attempt,
+            attempt.worker,
+            attempt.state,
+            attempt
+                .duration_ms
+                .map_or("-".into(), |ms| units::format_duration(
+                    Duration::from_secs_f64(ms / 1e3)
+                )),
+            attempt.fuel.map_or("-".into(), |fuel| fuel.to_string()),
+            attempt.peak_memory.map_or("-".into(), units::format_bytes),
+        ));
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The task id.
+    id: String,
+    /// Stop the task if it is running (at its next epoch tick).
+    #[arg(long)]
+    terminate: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn revoke(args: RevokeArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    let id = &args.id;
+    match broker
+        .revoke(id, args.terminate, now_ms())
+        .await
+        .map_err(broker_failure)?
+    {
+        Revoked::Revoked => say(format!("revoked {id}")),
+        Revoked::Running { terminating: true } => say(format!("terminating {id}")),
+        Revoked::Running { terminating: false } => say(format!(
+            "{id} is running and will finish (use --terminate to stop it)"
+        )),
+        Revoked::AlreadyFinal(state) => say(format!("{id} already finished: {state}")),
+        Revoked::Unknown => {
+            return Err(Failure::new(
+                exit::UNKNOWN_TASK,
+                format!("no task {id} (never enqueued, or its result expired)"),
+            ));
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Queues to empty (comma-separated).
+    #[arg(long, short = 'Q', value_delimiter = ',', default_value = wtq_client::DEFAULT_QUEUE)]
+    queues: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub async fn purge(args: PurgeArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    for queue in &args.queues {
+        let purged = broker
+            .purge(queue, now_ms())
+            .await
+            .map_err(broker_failure)?;
+        say(format!("purged {purged} messages from {queue}"));
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct DeadArgs {
+    #[command(subcommand)]
+    action: DeadAction,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadAction {
+    /// Dead-lettered tasks, most recent first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead-lettered tasks again (one id, or --all).
+    Retry {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead-lettered task.
+    Purge,
+}
+
+pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
+    let broker = args.connection.connect().await?;
+    match args.action {
+        DeadAction::List { limit, json } => {
+            let records = broker.dead(limit).await.map_err(broker_failure)?;
+            if json {
+                say(serde_json::to_string(&records).unwrap_or_default());
+            }
+            for record in records.iter().filter(|_| !json) {
+                let error = record
+                    .error
+                    .as_ref()
+                    .map(|e| format!("({}): {}", e.kind, super::one_line(&e.message)))
+                    .unwrap_or_default();
+                say(format!(
+                    "{}  {}.{}  {error}",
+                    record.id, record.message.component, record.message.task
+                ));
+            }
+        }
+        DeadAction::Retry { id, .. } => {
+            let requeued = broker
+                .retry_dead(id.as_deref(), now_ms())
+                .await
+                .map_err(broker_failure)?;
+            if requeued == 0
+                && let Some(id) = id
+            {
+                return Err(Failure::new(
+                    exit::UNKNOWN_TASK,
+                    format!("no dead-lettered task {id}"),
+                ));
+            }
+            say(format!("requeued {requeued}"));
+        }
+        DeadAction::Purge => {
+            let purged = broker.purge_dead().await.map_err(broker_failure)?;
+            say(format!("purged {purged}"));
+        }
+    }
+    Ok(exit::SUCCESS)
+}

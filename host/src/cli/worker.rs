@@ -1,0 +1,152 @@
+//! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down warmly.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::limits::LimitArgs;
+use super::queue::Connection;
+use super::{Failure, exit};
+use crate::units;
+use crate::worker::{WorkerConfig, run};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Queues to consume, comma-separated, in priority order.
+    #[arg(long, short = 'Q', value_delimiter = ',', default_value = wtq_client::DEFAULT_QUEUE)]
+    queues: Vec<String>,
+    /// Calls that run at once (default: the number of CPUs).
+    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: Option<u32>,
+    /// Messages held per running slot, as Celery's prefetch multiplier.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    prefetch_multiplier: u32,
+    /// Worker name, shown in task records (default: wtq@HOST-PID).
+    #[arg(long, short = 'n')]
+    name: Option<String>,
+    /// How long a delivery is leased before other workers may take it over; renewed every
+    /// third of it while the task runs.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
+    lease: Duration,
+    /// How long a warm shutdown waits for running tasks before stopping and handing them back.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
+    shutdown_timeout: Duration,
+    /// How often expired leases are returned to their queues.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "2s")]
+    reap_interval: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Shortest lease: renewals every third of it must fit comfortably.
+const MIN_LEASE: Duration = Duration::from_millis(300);
+
+pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
+    let usage = |message: String| Failure::new(exit::USAGE, message);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let concurrency = args.concurrency.map_or(cpus, |n| n as usize);
+    let limits = args.limits.limits().map_err(usage)?;
+    let sandbox_config = args
+        .limits
+        .sandbox_config(concurrency as u32)
+        .map_err(usage)?;
+    if args.lease < MIN_LEASE {
+        return Err(usage(format!(
+            "--lease {} is too short: use at least {}",
+            units::format_duration(args.lease),
+            units::format_duration(MIN_LEASE)
+        )));
+    }
+    if args.reap_interval.is_zero() {
+        return Err(usage("--reap-interval must be more than 0".into()));
+    }
+    for queue in &args.queues {
+        if !wtq_client::registry::valid_name(queue) {
+            return Err(usage(format!(
+                "queue `{queue}`: use 1 to 128 ASCII letters, digits, `_` or `-`"
+            )));
+        }
+    }
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let runtime_failure = |error: std::io::Error| {
+        Failure::new(
+            exit::INTERNAL,
+            format!("starting the async runtime: {error}"),
+        )
+    };
+    // Guests run on `compute`, one thread per CPU; the broker is driven from `io`, whose thread
+    // guests never occupy (see the worker module).
+    let compute = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus)
+        .thread_name("wtq-compute")
+        .enable_all()
+        .build()
+        .map_err(runtime_failure)?;
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_failure)?;
+    let compute_handle = compute.handle().clone();
+    let outcome = io.block_on(async {
+        let broker = args.connection.connect().await?;
+        let sandbox = crate::sandbox::Sandbox::new(sandbox_config)
+            .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+        let config = WorkerConfig {
+            name,
+            queues: args.queues.clone(),
+            concurrency,
+            prefetch_multiplier: args.prefetch_multiplier as usize,
+            lease: args.lease,
+            shutdown_timeout: args.shutdown_timeout,
+            limits,
+            reap_interval: args.reap_interval,
+        };
+        let summary = run(config, broker, sandbox, compute_handle, shutdown_signal()).await;
+        eprintln!(
+            "worker stopped: {} succeeded, {} failed, {} retried, {} revoked, {} handed back, {} refused as stale",
+            summary.succeeded, summary.failed, summary.retried, summary.revoked, summary.released, summary.stale
+        );
+        Ok(exit::SUCCESS)
+    });
+    compute.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|host| !host.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("wtq@{host}-{}", std::process::id())
+}

@@ -1,0 +1,681 @@
+//! The queue end to end: deploy, call, workers as real processes, results — and the faults a
+//! production queue meets (killed, frozen and stopped workers, a restarted Redis).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wtq_client::broker::Broker;
+use wtq_client::message::State;
+
+use crate::cluster::{Cluster, all_final, committed_once};
+use crate::support::guest;
+
+/// Waits until `check` holds, polling a status the test observes from outside.
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn state(cluster: &Cluster, id: &str) -> Option<State> {
+    let client = cluster.client().await;
+    client
+        .result(id)
+        .record()
+        .await
+        .expect("record")
+        .map(|record| record.state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_call_and_read_the_result() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("math");
+    cluster.deploy("text");
+    cluster.worker("w1", &["-c", "2"]);
+    let run = cluster.cmd(&["call", "math.add", "[2,3]", "--wait", "--timeout", "20s"]);
+    assert_eq!((run.code, run.stdout.trim()), (0, "5"), "{}", run.stderr);
+    let run = cluster.cmd(&["call", "text.word_count", r#"["one two three"]"#, "--wait"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&run.stdout).expect("JSON")["words"],
+        3
+    );
+
+    let id = cluster
+        .cmd(&["call", "math.mul", "[6,7]"])
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 36, "call prints only the task id: {id}");
+    let run = cluster.cmd(&["result", &id, "--wait", "--timeout", "20s"]);
+    assert_eq!((run.code, run.stdout.trim()), (0, "42"), "{}", run.stderr);
+    let status = cluster.cmd(&["status", &id]);
+    assert!(
+        status.stdout.contains("SUCCESS") && status.stdout.contains("math.mul"),
+        "{}",
+        status.stdout
+    );
+    let record = cluster.cmd(&["status", &id, "--json"]).json();
+    let attempt = &record["attempts"][0];
+    assert_eq!(attempt["worker"], "w1");
+    assert!(
+        attempt["fuel"].as_u64().is_some_and(|fuel| fuel > 0),
+        "{attempt}"
+    );
+    assert!(
+        attempt["digest"]
+            .as_str()
+            .is_some_and(|digest| digest.len() == 64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_tasks_keep_their_digest_across_redeploys() {
+    let mut cluster = Cluster::start();
+    let first = cluster.deploy("math");
+    // A new version of `math` that no longer has `add`.
+    let text = guest("text");
+    let run = cluster.cmd(&["deploy", text.to_str().expect("utf-8"), "--name", "math"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let refused = cluster.cmd(&["call", "math.add", "[1,2]"]);
+    refused.fails_with(5, "component `math` has no task `add`");
+    assert!(
+        refused.stderr.contains("word_count"),
+        "lists the known tasks: {}",
+        refused.stderr
+    );
+
+    cluster.worker("w1", &[]);
+    let pinned = format!("math@{}.add", &first[..8]);
+    let run = cluster.cmd(&[
+        "call",
+        &pinned,
+        "[1,2]",
+        "--wait",
+        "--json",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["attempts"][0]["digest"], first.as_str());
+    let listing = cluster.cmd(&["components"]).stdout;
+    assert!(
+        listing.contains(&format!("previous {}", &first[..12])),
+        "{listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn countdown_and_eta_are_respected() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("math");
+    cluster.worker("w1", &[]);
+    let started = Instant::now();
+    let id = cluster
+        .cmd(&["call", "math.add", "[1,1]", "--countdown", "1s"])
+        .stdout
+        .trim()
+        .to_string();
+    let eta = wtq::units::format_rfc3339(wtq_client::message::now_ms() + 2000);
+    let later = cluster
+        .cmd(&["call", "math.add", "[2,2]", "--eta", &eta])
+        .stdout
+        .trim()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        state(&cluster, &id).await,
+        Some(State::Pending),
+        "not before its countdown"
+    );
+    let run = cluster.cmd(&["result", &id, "--wait", "--timeout", "20s"]);
+    assert_eq!(run.stdout.trim(), "2");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let run = cluster.cmd(&["result", &later, "--wait", "--timeout", "20s", "--json"]);
+    let record = run.json();
+    let created = record["message"]["created_ms"].as_u64().expect("created");
+    let received = record["attempts"][0]["received_ms"]
+        .as_u64()
+        .expect("received");
+    // The ETA is whole seconds, so it may be up to 1 s earlier than now + 2 s.
+    assert!(
+        received >= created + 1000,
+        "ran {} ms after enqueue",
+        received - created
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_task_is_revoked_and_never_runs() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("math");
+    let id = cluster
+        .cmd(&["call", "math.add", "[1,1]", "--expires", "300ms"])
+        .stdout
+        .trim()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.worker("w1", &[]);
+    let run = cluster.cmd(&["result", &id, "--wait", "--timeout", "20s"]);
+    run.fails_with(17, "was revoked (expired)");
+    let record = cluster.cmd(&["status", &id, "--json"]).json();
+    assert_eq!(record["attempts"], json!([]), "it never ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn higher_priorities_run_first_and_queues_route() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    let mut low = Vec::new();
+    for i in 0..3 {
+        low.push(
+            cluster
+                .cmd(&["call", "chaos.echo", &format!("[{i}]")])
+                .stdout
+                .trim()
+                .to_string(),
+        );
+    }
+    let high = cluster
+        .cmd(&["call", "chaos.echo", "[\"urgent\"]", "--priority", "9"])
+        .stdout
+        .trim()
+        .to_string();
+    let elsewhere = cluster
+        .cmd(&["call", "chaos.echo", "[1]", "-Q", "reports"])
+        .stdout
+        .trim()
+        .to_string();
+    cluster.worker("w1", &["-c", "1", "--prefetch-multiplier", "1"]);
+    let client = cluster.client().await;
+    let mut ids = vec![high.clone()];
+    ids.extend(low.iter().cloned());
+    let records = all_final(&client, &ids, Duration::from_secs(20)).await;
+    let received: Vec<u64> = records
+        .iter()
+        .map(|record| record.attempts[0].received_ms)
+        .collect();
+    assert!(
+        received[0] <= received[1],
+        "priority 9 before the older priority 0: {received:?}"
+    );
+    assert!(
+        received[1] <= received[2] && received[2] <= received[3],
+        "FIFO within a priority"
+    );
+    assert_eq!(
+        state(&cluster, &elsewhere).await,
+        Some(State::Pending),
+        "a worker of `default` never takes `reports`"
+    );
+    cluster.worker("w2", &["-Q", "reports"]);
+    all_final(&client, &[elsewhere], Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_retry_with_backoff_then_fail() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    cluster.worker("w1", &[]);
+    let run = cluster.cmd(&[
+        "call",
+        "chaos.fail",
+        "[\"flaky\"]",
+        "--max-retries",
+        "2",
+        "--retry-backoff",
+        "200ms",
+        "--no-retry-jitter",
+        "--wait",
+        "--json",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let record = run.json();
+    assert_eq!(record["state"], "FAILURE");
+    let attempts = record["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 3, "the first run and two retries");
+    let states: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["RETRY", "RETRY", "FAILURE"]);
+    let gap = |i: usize| {
+        attempts[i + 1]["received_ms"].as_u64().unwrap_or(0)
+            - attempts[i]["finished_ms"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        gap(0) >= 200 && gap(1) >= 400,
+        "exponential backoff: {} ms then {} ms",
+        gap(0),
+        gap(1)
+    );
+
+    // A task asking to be retried gets Celery's default of 3 retries.
+    let run = cluster.cmd(&[
+        "call",
+        "chaos.retry",
+        "[50]",
+        "--wait",
+        "--json",
+        "--timeout",
+        "20s",
+    ]);
+    let record = run.json();
+    assert_eq!(record["attempts"].as_array().map(Vec::len), Some(4));
+    assert_eq!(record["error"]["kind"], "retries_exhausted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_enqueues_once() {
+    let cluster = Cluster::start();
+    cluster.deploy("math");
+    let first = cluster.cmd(&["call", "math.add", "[1,2]", "--idempotency-key", "order-42"]);
+    let second = cluster.cmd(&["call", "math.add", "[1,2]", "--idempotency-key", "order-42"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the second call returns the first task's id"
+    );
+    let client = cluster.client().await;
+    assert_eq!(client.broker().depth("default").await.expect("depth"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_with_terminate_stops_a_spinning_task_within_100ms() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    cluster.worker("w1", &[]);
+    let id = cluster
+        .cmd(&["call", "chaos.spin", "--time-limit", "60s"])
+        .stdout
+        .trim()
+        .to_string();
+    eventually("the task to start", Duration::from_secs(20), || async {
+        state(&cluster, &id).await == Some(State::Started)
+    })
+    .await;
+    let client = cluster.client().await;
+    let started = Instant::now();
+    let revoked = client.result(&id).revoke(true).await.expect("revoke");
+    assert_eq!(
+        revoked,
+        wtq_client::broker::Revoked::Running { terminating: true }
+    );
+    let record = client
+        .broker()
+        .wait(&id, Duration::from_secs(5))
+        .await
+        .expect("wait")
+        .expect("record");
+    let took = started.elapsed();
+    assert_eq!(record.state, State::Revoked);
+    assert_eq!(record.error.map(|e| e.kind).as_deref(), Some("terminated"));
+    assert!(took < Duration::from_millis(100), "stopped in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_short_tasks_and_hands_back_the_rest_at_once() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    let worker = cluster.worker(
+        "w1",
+        &["-c", "4", "--shutdown-timeout", "1s", "--lease", "60s"],
+    );
+    let short: Vec<String> = (0..2)
+        .map(|_| {
+            cluster
+                .cmd(&["call", "chaos.sleep", "[300]"])
+                .stdout
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let long: Vec<String> = (0..2)
+        .map(|_| {
+            cluster
+                .cmd(&["call", "chaos.sleep", "[30000]"])
+                .stdout
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for id in short.iter().chain(&long) {
+        eventually("every task to start", Duration::from_secs(20), || async {
+            matches!(
+                state(&cluster, id).await,
+                Some(State::Started | State::Success)
+            )
+        })
+        .await;
+    }
+    let signalled = Instant::now();
+    cluster.signal(worker, "TERM");
+    let (code, stderr) = cluster.wait_exit(worker, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "warm shutdown exits 0: {stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "exited after {:?}",
+        signalled.elapsed()
+    );
+    let client = cluster.client().await;
+    for id in &short {
+        assert_eq!(
+            state(&cluster, id).await,
+            Some(State::Success),
+            "finished in time and acknowledged"
+        );
+    }
+    for id in &long {
+        let record = client
+            .result(id)
+            .record()
+            .await
+            .expect("record")
+            .expect("exists");
+        assert_eq!(
+            record.state,
+            State::Pending,
+            "back in the queue, not waiting for a lease to expire"
+        );
+        assert_eq!(
+            record.deliveries, 0,
+            "a hand-back does not count as a delivery"
+        );
+    }
+    assert_eq!(client.broker().depth("default").await.expect("depth"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_spinning_on_every_slot_for_three_leases_keeps_its_leases() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    cluster.worker(
+        "w1",
+        &["-c", "2", "--lease", "1s", "--reap-interval", "200ms"],
+    );
+    cluster.worker(
+        "w2",
+        &[
+            "-c",
+            "2",
+            "--lease",
+            "1s",
+            "--reap-interval",
+            "200ms",
+            "-Q",
+            "default",
+        ],
+    );
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            cluster
+                .cmd(&["call", "chaos.spin", "--time-limit", "3500ms"])
+                .stdout
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let client = cluster.client().await;
+    let records = all_final(&client, &ids, Duration::from_secs(30)).await;
+    for record in records {
+        assert_eq!(record.deliveries, 1, "no lease expired: {record:?}");
+        assert_eq!(record.attempts.len(), 1);
+        assert_eq!(
+            record.error.map(|e| e.kind).as_deref(),
+            Some("time_limit_exceeded")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_loses_no_task_and_none_commits_twice() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    let client = cluster.client().await;
+    let mut tasks = Vec::new();
+    for _ in 0..5000 {
+        tasks.push(
+            client
+                .call("chaos.sleep")
+                .args(json!([20]))
+                .prepare()
+                .await
+                .expect("prepare"),
+        );
+    }
+    let ids: Vec<String> = tasks.iter().map(|task| task.message.id.clone()).collect();
+    client.enqueue(tasks).await.expect("enqueue");
+    let flags = ["-c", "64", "--lease", "1s", "--reap-interval", "200ms"];
+    let victim = cluster.worker("victim", &flags);
+    cluster.worker("survivor", &flags);
+    eventually(
+        "the victim to be mid-way",
+        Duration::from_secs(30),
+        || async { client.broker().depth("default").await.expect("depth") < 3500 },
+    )
+    .await;
+    cluster.signal(victim, "KILL");
+    let records = all_final(&client, &ids, Duration::from_secs(90)).await;
+    for record in &records {
+        committed_once(record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_cannot_commit_its_late_results() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    let flags = ["-c", "4", "--lease", "1s", "--reap-interval", "200ms"];
+    let frozen = cluster.worker("frozen", &flags);
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            cluster
+                .cmd(&["call", "chaos.sleep", "[1500]"])
+                .stdout
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for id in &ids {
+        eventually(
+            "the frozen worker to hold every task",
+            Duration::from_secs(20),
+            || async { state(&cluster, id).await == Some(State::Started) },
+        )
+        .await;
+    }
+    cluster.signal(frozen, "STOP");
+    cluster.worker("rescuer", &flags);
+    let client = cluster.client().await;
+    let records = all_final(&client, &ids, Duration::from_secs(30)).await;
+    cluster.signal(frozen, "CONT");
+    // Give the resumed worker time to try to settle its stale leases.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &ids {
+        let record = client
+            .result(id)
+            .record()
+            .await
+            .expect("record")
+            .expect("exists");
+        committed_once(&record);
+        assert_eq!(
+            record.attempts[0].worker, "rescuer",
+            "the result is the rescuer's"
+        );
+    }
+    assert_eq!(records.len(), 4);
+    cluster.signal(frozen, "TERM");
+    let (_, stderr) = cluster.wait_exit(frozen, Duration::from_secs(10));
+    assert!(
+        stderr.contains("4 refused as stale"),
+        "the frozen worker's late results were refused: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_is_dead_lettered_after_max_deliveries() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    let id = cluster
+        .cmd(&["call", "chaos.sleep", "[60000]", "--max-deliveries", "2"])
+        .stdout
+        .trim()
+        .to_string();
+    let flags = ["--lease", "1s", "--reap-interval", "200ms"];
+    let client = cluster.client().await;
+    for delivery in 1..=2u32 {
+        let worker = cluster.worker(&format!("crashing-{delivery}"), &flags);
+        eventually(
+            "the message to be delivered",
+            Duration::from_secs(20),
+            || async {
+                let record = client
+                    .result(&id)
+                    .record()
+                    .await
+                    .expect("record")
+                    .expect("exists");
+                record.deliveries == delivery && record.state == State::Started
+            },
+        )
+        .await;
+        cluster.signal(worker, "KILL");
+    }
+    cluster.worker("reaper", &flags);
+    let record = client
+        .broker()
+        .wait(&id, Duration::from_secs(20))
+        .await
+        .expect("wait")
+        .expect("record");
+    assert_eq!(record.state, State::Failure);
+    assert_eq!(
+        record.error.as_ref().map(|e| e.kind.as_str()),
+        Some("dead_lettered")
+    );
+    assert_eq!(record.deliveries, 2, "exactly --max-deliveries deliveries");
+    let listed = cluster.cmd(&["dead", "list"]).stdout;
+    assert!(listed.contains(&id), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restarted_with_aof_loses_no_acknowledged_enqueue() {
+    let mut cluster = Cluster::durable();
+    cluster.deploy("chaos");
+    let client = cluster.client().await;
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        tasks.push(
+            client
+                .call("chaos.sleep")
+                .args(json!([10]))
+                .prepare()
+                .await
+                .expect("prepare"),
+        );
+    }
+    let ids: Vec<String> = tasks.iter().map(|task| task.message.id.clone()).collect();
+    client.enqueue(tasks).await.expect("enqueue");
+    cluster.worker("w1", &["-c", "4"]);
+    eventually("work to be under way", Duration::from_secs(20), || async {
+        client.broker().depth("default").await.expect("depth") < 280
+    })
+    .await;
+    cluster.redis.restart();
+    let records = all_final(&client, &ids, Duration::from_secs(60)).await;
+    for record in &records {
+        assert_eq!(record.state, State::Success, "{record:?}");
+    }
+}
+
+mod bad_input {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_redis_fails_fast() {
+        let wtq = crate::support::Wtq::new();
+        for command in [
+            vec!["call", "math.add", "[1,2]"],
+            vec!["worker"],
+            vec!["result", "x"],
+        ] {
+            let mut args: Vec<&str> = command.clone();
+            args.extend(["--url", "redis://127.0.0.1:1"]);
+            let run = wtq.command(&args);
+            run.fails_with(69, "cannot reach Redis at redis://127.0.0.1:1");
+            assert!(
+                run.elapsed < Duration::from_secs(2),
+                "{command:?} took {:?}",
+                run.elapsed
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn calls_the_registry_cannot_serve_are_refused() {
+        let cluster = Cluster::start();
+        cluster.deploy("math");
+        cluster
+            .cmd(&["call", "maths.add", "[1,2]"])
+            .fails_with(5, "unknown component `maths`; deployed: math");
+        cluster
+            .cmd(&["call", "math.div", "[1,2]"])
+            .fails_with(5, "has no task `div`; it offers: add, mul, xsum, fib");
+        cluster
+            .cmd(&["call", "math.add", "[1,"])
+            .fails_with(2, "malformed JSON");
+        cluster
+            .cmd(&["call", "math.add", "[1,2,3]"])
+            .fails_with(5, "takes 2 arguments but 3");
+        cluster
+            .cmd(&["call", "math"])
+            .fails_with(5, "invalid task address `math`");
+        // Too large for a command-line argument (the OS caps one at 128 KiB): from a file.
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, format!("[\"{}\", 1]", "x".repeat(1_100_000))).expect("write");
+        let from_file = format!("@{}", big.display());
+        cluster
+            .cmd(&["call", "math.add", &from_file])
+            .fails_with(15, "over the limit");
+        cluster
+            .cmd(&["result", "no-such-id"])
+            .fails_with(19, "no task no-such-id");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deploys_of_bad_files_store_nothing() {
+        let cluster = Cluster::start();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "hello").expect("write");
+        cluster
+            .cmd(&["deploy", text.to_str().expect("utf-8")])
+            .fails_with(6, "not a WebAssembly file");
+        let math = guest("math");
+        cluster
+            .cmd(&[
+                "deploy",
+                math.to_str().expect("utf-8"),
+                "--max-size",
+                "1KiB",
+            ])
+            .fails_with(6, "over the upload limit");
+        assert!(
+            cluster
+                .cmd(&["components"])
+                .stdout
+                .contains("no components deployed")
+        );
+    }
+}
