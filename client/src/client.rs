@@ -10,7 +10,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -51,25 +53,31 @@ pub enum ClientError {
     InvalidOption(String),
 }
 
+/// How long a component's registry record is reused before the registry is asked again: a
+/// deploy reaches producers within this time, and a burst of calls costs one lookup.
+const REGISTRY_TTL: Duration = Duration::from_secs(1);
+
 /// Connects producers to the queue.
 #[derive(Clone)]
 pub struct Client<B = AnyBroker> {
     broker: B,
+    registry: Arc<Mutex<HashMap<String, (Instant, ComponentRecord)>>>,
 }
 
 impl Client<AnyBroker> {
     /// Connects to the broker `url` names (`redis://host:port[?namespace=NAME]`).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        Ok(Client {
-            broker: connect(url).await?,
-        })
+        Ok(Client::with_broker(connect(url).await?))
     }
 }
 
 impl<B: Broker + Clone> Client<B> {
     /// A client over an existing broker (e.g. the embedded one).
     pub fn with_broker(broker: B) -> Self {
-        Client { broker }
+        Client {
+            broker,
+            registry: Arc::default(),
+        }
     }
 
     /// The broker underneath.
@@ -104,9 +112,25 @@ impl<B: Broker + Clone> Client<B> {
     }
 
     async fn component(&self, name: &str) -> Result<ComponentRecord, ClientError> {
-        if let Some(record) = self.broker.component(name).await? {
+        let cached = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some((at, record)) = cached
+            && at.elapsed() < REGISTRY_TTL
+        {
             return Ok(record);
         }
+        if let Some(record) = self.broker.component(name).await? {
+            self.registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_string(), (Instant::now(), record.clone()));
+            return Ok(record);
+        }
+
         let known: Vec<String> = self
             .broker
             .components()

@@ -251,3 +251,34 @@ async fn the_task_has_no_filesystem_network_or_environment() {
     assert_eq!(probe["root_readable"], false, "{probe}");
     assert_eq!(probe["tcp_connect"], false, "{probe}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_many_calls_as_the_concurrency_run_at_once() {
+    let concurrency = 6;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        concurrency,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let chaos = load(&sandbox, "chaos").await;
+    let calls = (0..concurrency).map(|_| {
+        let chaos = chaos.clone();
+        tokio::spawn(async move { call(&chaos, "sleep", "[200]", Limits::default()).await })
+    });
+    for outcome in futures_join(calls).await {
+        assert_eq!(
+            outcome,
+            success("200"),
+            "the pool holds `concurrency` instances at once"
+        );
+    }
+}
+
+async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await.expect("call task"));
+    }
+    results
+}

@@ -13,6 +13,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Largest number of core instances one component may contain: Rust guests have a handful,
 /// componentize-py guests 38, so 64 leaves room for both.
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Most tables one component may contain. Even a small Rust component has several: the
+/// adapter shims that wire its imports each carry one. Table slots cost only address space.
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// Largest table a component may declare or grow to, in elements.
 const MAX_TABLE_ELEMENTS: usize = 20_000;
 
@@ -113,11 +116,11 @@ fn pool(slots: u32) -> PoolingAllocationConfig {
         // (a componentize-py guest has 38): core-instance slots are only address space.
         .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
         .total_memories(slots.saturating_mul(2))
-        .total_tables(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(MAX_TABLES_PER_COMPONENT))
         .total_stacks(slots)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(8)
-        .max_tables_per_component(8)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         .table_elements(MAX_TABLE_ELEMENTS)
