@@ -2,6 +2,7 @@
 //! sandbox and a private `redis-server` per test. `support` builds the guest examples once per test run.
 
 mod cluster;
+mod embedded;
 mod queue;
 #[path = "../../client/tests/support/redis_server.rs"]
 mod redis_server;

@@ -598,8 +598,171 @@ async fn redis_restarted_with_aof_loses_no_acknowledged_enqueue() {
     }
 }
 
+#[test]
+fn rediss_talks_to_redis_over_verified_tls() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = |name: &str| {
+        dir.path()
+            .join(name)
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
+    };
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    // A private CA and a server certificate for 127.0.0.1.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=wtq test CA",
+        "-keyout",
+        &file("ca.key"),
+        "-out",
+        &file("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &file("server.key"),
+        "-out",
+        &file("server.csr"),
+    ]);
+    std::fs::write(file("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &file("server.csr"),
+        "-CA",
+        &file("ca.crt"),
+        "-CAkey",
+        &file("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &file("ext.cnf"),
+        "-out",
+        &file("server.crt"),
+    ]);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port()
+        .to_string();
+    let _redis = crate::redis_server::RedisServer::start_with(
+        crate::redis_server::Options::ephemeral().with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]),
+    );
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let wtq = crate::support::Wtq::new();
+    let math = guest("math");
+    let deploy = ["deploy", math.to_str().expect("utf-8"), "--url", &url];
+    let run = wtq.command_with_env(deploy, &[("SSL_CERT_FILE", &file("ca.crt"))]);
+    assert_eq!(
+        run.code, 0,
+        "deploy over TLS with the CA trusted: {}",
+        run.stderr
+    );
+    let run = wtq.command_with_env(
+        ["components", "--url", &url],
+        &[("SSL_CERT_FILE", &file("ca.crt"))],
+    );
+    assert!(run.stdout.starts_with("math "), "{}", run.stdout);
+    // An unknown issuer is refused, not trusted.
+    wtq.command(["components", "--url", &url])
+        .fails_with(69, "certificate");
+}
+
 mod bad_input {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn garbage_placed_in_a_queue_by_hand_is_dead_lettered_and_the_worker_carries_on() {
+        let mut cluster = Cluster::start();
+        cluster.deploy("math");
+        // What an operator might write by hand: a body that is not a task message, and an id
+        // with no body at all.
+        let task = "wtq:{default}:task:junk";
+        cluster.redis.command(&[
+            "HSET",
+            task,
+            "msg",
+            "{not json",
+            "state",
+            "PENDING",
+            "queue",
+            "default",
+            "score",
+            "1",
+            "max_deliveries",
+            "3",
+            "result_ttl",
+            "60000",
+        ]);
+        cluster
+            .redis
+            .command(&["ZADD", "wtq:{default}:ready:default", "1", "junk"]);
+        cluster
+            .redis
+            .command(&["ZADD", "wtq:{default}:ready:default", "2", "ghost"]);
+        cluster.worker("w1", &[]);
+        let client = cluster.client().await;
+        let record = client
+            .broker()
+            .wait("junk", Duration::from_secs(20))
+            .await
+            .expect("wait")
+            .expect("record");
+        assert_eq!(record.state, State::Failure);
+        assert_eq!(
+            record.error.map(|e| e.kind).as_deref(),
+            Some("malformed_message")
+        );
+        let listed = cluster.cmd(&["dead", "list"]).stdout;
+        assert!(
+            listed.contains("junk") && listed.contains("malformed_message"),
+            "{listed}"
+        );
+        let run = cluster.cmd(&["call", "math.add", "[1,2]", "--wait", "--timeout", "20s"]);
+        assert_eq!(
+            run.stdout.trim(),
+            "3",
+            "the worker carries on: {}",
+            run.stderr
+        );
+    }
 
     #[test]
     fn an_unreachable_redis_fails_fast() {

@@ -99,6 +99,15 @@ impl Wtq {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.command_with_env(args, &[])
+    }
+
+    /// Runs `wtq` with `args` and extra environment variables.
+    pub fn command_with_env<I, S>(&self, args: I, env: &[(&str, &str)]) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let started = Instant::now();
         let Output {
             status,
@@ -108,6 +117,7 @@ impl Wtq {
             .args(args)
             .env("WTQ_CACHE_DIR", self.cache.path())
             .env_remove("WTQ_LOG")
+            .envs(env.iter().copied())
             .output()
             .expect("wtq runs");
         Run {

@@ -432,8 +432,10 @@ pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
     }
     let message = &record.message;
     say(format!(
-        "{}  {}.{}  {}",
-        record.id, message.component, message.task, record.state
+        "{}  {}  {}",
+        record.id,
+        address(message),
+        record.state
     ));
     say(format!(
         "  queue {}  priority {}  attempt {}  deliveries {}",
@@ -574,8 +576,9 @@ pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
                     .map(|e| format!("({}): {}", e.kind, super::one_line(&e.message)))
                     .unwrap_or_default();
                 say(format!(
-                    "{}  {}.{}  {error}",
-                    record.id, record.message.component, record.message.task
+                    "{}  {}  {error}",
+                    record.id,
+                    address(&record.message)
                 ));
             }
         }
@@ -600,4 +603,13 @@ pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// `NAME.TASK`, or a note for a message whose body could not be decoded.
+fn address(message: &wtq_client::message::TaskMessage) -> String {
+    if message.component.is_empty() {
+        "(undecodable message)".to_string()
+    } else {
+        format!("{}.{}", message.component, message.task)
+    }
 }

@@ -34,10 +34,12 @@ pub(super) fn decode(
                 let text = String::from_utf8_lossy(&value);
                 state = Some(State::parse(&text).ok_or_else(|| corrupt("state", &text))?);
             }
+            // A body that does not decode (a message written by hand, by a broken producer)
+            // still has a record, so that it can be seen where it was dead-lettered.
             field::MESSAGE => {
                 message = Some(
                     serde_json::from_slice::<TaskMessage>(&value)
-                        .map_err(|why| corrupt("message", &why))?,
+                        .unwrap_or_else(|_| undecodable(id, &value)),
                 );
             }
             field::DELIVERIES => deliveries = number(&value).map_err(|why| corrupt(&name, &why))?,
@@ -121,6 +123,32 @@ pub(super) fn array(value: Value) -> Result<Vec<Value>, Error> {
 
 fn unexpected(value: &Value) -> Error {
     Error::Redis(format!("unexpected script reply {value:?}"))
+}
+
+/// Longest part of an undecodable body kept in its record.
+const UNDECODABLE_SHOWN: usize = 1 << 10;
+
+/// A stand-in for a message body that does not decode: no component or task, and the start of
+/// the raw body as its arguments, so `wtq status` and `wtq dead list` can show it.
+fn undecodable(id: &str, body: &[u8]) -> TaskMessage {
+    let shown = &body[..body.len().min(UNDECODABLE_SHOWN)];
+    TaskMessage {
+        id: id.to_string(),
+        component: String::new(),
+        digest: None,
+        task: String::new(),
+        args: String::from_utf8_lossy(shown).into_owned(),
+        queue: String::new(),
+        priority: 0,
+        eta_ms: None,
+        expires_ms: None,
+        max_retries: None,
+        retry_backoff: None,
+        limits: Default::default(),
+        max_deliveries: crate::message::DEFAULT_MAX_DELIVERIES,
+        result_expires_ms: crate::message::DEFAULT_RESULT_EXPIRES_MS,
+        created_ms: 0,
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +257,23 @@ mod tests {
     }
 
     #[test]
+    fn an_undecodable_body_still_has_a_record() {
+        let record = decode(
+            "junk",
+            hash(&[
+                ("msg", b"{not json".to_vec()),
+                ("state", b"FAILURE".to_vec()),
+            ]),
+        )
+        .expect("decodes")
+        .expect("a record");
+        assert_eq!(
+            (record.message.task.as_str(), record.message.args.as_str()),
+            ("", "{not json")
+        );
+    }
+
+    #[test]
     fn an_empty_hash_is_no_record_and_garbage_is_corrupt() {
         assert_eq!(decode("a", Vec::new()).expect("decodes"), None);
         let check = |fields: &[(&str, Vec<u8>)], what: &str| match decode("a", hash(fields)) {
@@ -239,13 +284,6 @@ mod tests {
         check(
             &[("msg", good.clone()), ("state", b"DONE".to_vec())],
             "state",
-        );
-        check(
-            &[
-                ("msg", b"{not json".to_vec()),
-                ("state", b"PENDING".to_vec()),
-            ],
-            "message",
         );
         check(&[("state", b"PENDING".to_vec())], "message");
         check(&[("msg", good.clone())], "state");
