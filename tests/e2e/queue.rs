@@ -275,6 +275,51 @@ async fn failures_retry_with_backoff_then_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn per_task_limits_ids_and_result_expiry_travel_with_the_call() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    cluster.worker("w1", &["-c", "3"]);
+    let cases = [
+        (
+            vec!["chaos.spin", "--time-limit", "300ms"],
+            "time_limit_exceeded",
+        ),
+        (vec!["chaos.spin", "--fuel", "1000000"], "out_of_fuel"),
+        (
+            vec!["chaos.alloc", "[64]", "--memory", "32MiB"],
+            "memory_limit_exceeded",
+        ),
+    ];
+    for (call, kind) in cases {
+        let mut args = vec!["call"];
+        args.extend(call.iter().copied());
+        args.extend(["--wait", "--json", "--timeout", "20s"]);
+        let run = cluster.cmd(&args);
+        assert_eq!(run.code, 1, "{call:?}: {}", run.stderr);
+        assert_eq!(run.json()["error"]["kind"], kind, "{call:?}");
+    }
+    let run = cluster.cmd(&[
+        "call",
+        "chaos.echo",
+        "[1]",
+        "--task-id",
+        "order-7",
+        "--result-expires",
+        "1s",
+    ]);
+    assert_eq!(run.stdout.trim(), "order-7", "the chosen id");
+    let run = cluster.cmd(&["result", "order-7", "--wait", "--timeout", "20s"]);
+    assert_eq!(run.stdout.trim(), "1");
+    cluster
+        .cmd(&["call", "chaos.echo", "[2]", "--task-id", "order-7"])
+        .fails_with(5, "task id `order-7` is already in use");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster
+        .cmd(&["result", "order-7"])
+        .fails_with(19, "no task order-7");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_enqueues_once() {
     let cluster = Cluster::start();
     cluster.deploy("math");
