@@ -19,8 +19,8 @@ use serde_json::Value;
 use crate::broker::{self, Broker, NewTask, Revoked};
 use crate::connect::{AnyBroker, connect};
 use crate::message::{
-    Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, MAX_PRIORITY,
-    State, TaskFailure, TaskMessage, TaskRecord, now_ms,
+    Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, MAX_DURATION,
+    MAX_PRIORITY, State, TaskFailure, TaskMessage, TaskRecord, now_ms,
 };
 use crate::registry::{Address, AddressError, ComponentRecord, valid_name};
 
@@ -307,7 +307,31 @@ impl<B: Broker + Clone> Call<'_, B> {
                 "task id `{id}`: use 1 to 128 printable characters without spaces"
             )));
         }
+        for (name, value) in [
+            ("countdown", options.countdown),
+            ("expires", options.expires),
+            ("result_expires", options.result_expires),
+        ] {
+            if value.is_some_and(|value| value > MAX_DURATION) {
+                return Err(ClientError::InvalidOption(format!(
+                    "{name} of {value:?} is too long: at most 10 years"
+                )));
+            }
+        }
+        if options.result_expires.is_some_and(|after| after.is_zero()) {
+            return Err(ClientError::InvalidOption(
+                "result_expires must be more than 0".into(),
+            ));
+        }
         let now = now_ms();
+        if options
+            .eta_ms
+            .is_some_and(|eta| eta > now + MAX_DURATION.as_millis() as u64)
+        {
+            return Err(ClientError::InvalidOption(
+                "eta is more than 10 years away".into(),
+            ));
+        }
         let eta_ms = match (options.countdown, options.eta_ms) {
             (Some(_), Some(_)) => {
                 return Err(ClientError::InvalidOption(

@@ -25,7 +25,8 @@ pub enum AnyBroker {
 /// Connects to the broker a URL names.
 pub async fn connect(url: &str) -> Result<AnyBroker, Error> {
     let bad = |reason: &str| Error::Url {
-        url: url.to_string(),
+        // A password in the URL must not reach an error message or a log.
+        url: crate::broker::redis::redact(url),
         reason: reason.to_string(),
     };
     let (scheme, _) = url
@@ -235,5 +236,14 @@ mod tests {
             Ok(("redis://h:1/0?protocol=resp3".into(), "a".into()))
         );
         assert!(split("redis://h:1?namespace=a{b}").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_does_not_show_its_password() {
+        let error = connect("redis://:hunter2@127.0.0.1:1?namespace=bad!")
+            .await
+            .err()
+            .expect("refused");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 }

@@ -11,6 +11,9 @@ pub const MAX_PRIORITY: u8 = 9;
 pub const DEFAULT_MAX_DELIVERIES: u32 = 3;
 /// How long a finished task's record is kept, as Celery's `result_expires`.
 pub const DEFAULT_RESULT_EXPIRES_MS: u64 = 24 * 3600 * 1000;
+/// Longest delay, expiry, TTL or wait accepted anywhere: ten years. Longer values are
+/// refused (or, for waits, cut) so that time arithmetic cannot overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 /// Retries a task may request of itself when the caller set no `max_retries`, as Celery's.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 

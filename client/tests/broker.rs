@@ -62,6 +62,7 @@ macro_rules! both {
 }
 
 both!(
+    a_terminate_travels_with_the_next_delivery,
     a_finished_task_keeps_its_result,
     a_message_arrives_exactly_as_it_was_sent,
     a_batch_settles_each_lease_on_its_own,
@@ -1005,6 +1006,25 @@ async fn revoking_a_waiting_task_means_it_never_runs(broker: impl Broker) {
         broker.revoke("ready", false, T0 + 2).await.expect("revoke"),
         Revoked::AlreadyFinal(State::Revoked)
     );
+}
+
+/// A worker holding a task dies; the task is revoked with terminate while nobody runs it; the
+/// next delivery carries the request, so the next worker ends it instead of running it.
+async fn a_terminate_travels_with_the_next_delivery(broker: impl Broker) {
+    enqueue(&broker, [message("doomed"), message("spared")], T0).await;
+    let first = reserve(&broker, &["default"], 10, T0).await;
+    assert!(first.iter().all(|delivery| !delivery.terminating));
+    assert_eq!(
+        broker.revoke("doomed", true, T0 + 1).await.expect("revoke"),
+        Revoked::Running { terminating: true }
+    );
+    assert_eq!(reap(&broker, T0 + LEASE_MS + 1).await, 2);
+    let again = reserve(&broker, &["default"], 10, T0 + LEASE_MS + 2).await;
+    let flags: Vec<(&str, bool)> = again
+        .iter()
+        .map(|delivery| (delivery.id.as_str(), delivery.terminating))
+        .collect();
+    assert_eq!(flags, [("doomed", true), ("spared", false)]);
 }
 
 async fn revoking_a_running_task_with_terminate_tells_its_worker(broker: impl Broker) {

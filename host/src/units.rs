@@ -52,7 +52,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
         "h" => number * 3600.0,
         _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+    if duration > wtq_client::message::MAX_DURATION {
+        return Err(ParseError(format!(
+            "duration `{text}` is too long: at most 10 years (87600h)"
+        )));
+    }
+    Ok(duration)
 }
 
 /// Parses a count such as a fuel budget: digits, optionally with `_` separators or a
@@ -245,6 +251,7 @@ mod tests {
         check("1h", Some(Duration::from_secs(3600)));
         check("3", Some(Duration::from_secs(3)));
         check("soon", None);
+        check("4000000000000000h", None);
         check("2 weeks", None);
     }
 

@@ -402,7 +402,7 @@ mod bad_input {
             "10000000000000000000".as_ref(),
         ]);
         run.fails_with(2, "--time-limit");
-        assert!(run.stderr.contains("out of range"), "{}", run.stderr);
+        assert!(run.stderr.contains("too long"), "{}", run.stderr);
     }
 
     #[test]

@@ -323,6 +323,7 @@ impl Store {
             message: Ok(task.message.clone()),
             deliveries: task.deliveries,
             attempt: task.attempt,
+            terminating: self.terminating.contains(id),
             received_ms: now_ms,
         };
         self.move_to(

@@ -75,6 +75,9 @@ pub struct Delivery {
     pub deliveries: u32,
     /// The attempt this delivery runs (1 for the first).
     pub attempt: u32,
+    /// A terminate was requested before this delivery (e.g. while its previous worker was
+    /// dying): the worker must not run it, and ends it REVOKED.
+    pub terminating: bool,
     pub received_ms: u64,
 }
 

@@ -64,7 +64,7 @@ pub fn run(
         .map_err(|error| Failure::new(exit::INVALID_COMPONENT, error.to_string()))?;
         let client = Client::with_broker(broker.clone());
         say(format!(
-            "wtq bench queue: {tasks} math.add tasks through {url}, one worker process"
+            "wtq bench queue: {tasks} math.add tasks in namespace {namespace}, one worker process"
         ));
 
         let template = client
@@ -140,15 +140,10 @@ fn spawn_worker(url: &str, concurrency: Option<u32>) -> Result<Child, Failure> {
     let exe =
         std::env::current_exe().map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
     let mut command = Command::new(exe);
-    command.args([
-        "worker",
-        "--url",
-        url,
-        "-n",
-        "bench",
-        "--prefetch-multiplier",
-        "64",
-    ]);
+    // Through the environment, not argv: a password in the URL would show in `ps`.
+    command
+        .env("WTQ_URL", url)
+        .args(["worker", "-n", "bench", "--prefetch-multiplier", "64"]);
     if let Some(concurrency) = concurrency {
         command.args(["-c", &concurrency.to_string()]);
     }

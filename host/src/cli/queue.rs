@@ -441,7 +441,7 @@ pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
         "  queue {}  priority {}  attempt {}  deliveries {}",
         message.queue,
         message.priority,
-        record.attempts.len().max(1),
+        current_attempt(&record),
         record.deliveries
     ));
     if let Some(progress) = &record.progress {
@@ -612,4 +612,10 @@ fn address(message: &wtq_client::message::TaskMessage) -> String {
     } else {
         format!("{}.{}", message.component, message.task)
     }
+}
+
+/// The attempt a task is on: its finished attempts, plus the one under way if it is not final.
+fn current_attempt(record: &TaskRecord) -> usize {
+    let running = usize::from(!record.state.is_final());
+    (record.attempts.len() + running).max(1)
 }

@@ -75,6 +75,8 @@ pub struct Summary {
     pub released: u64,
     /// Settlements refused because the lease had been taken over.
     pub stale: u64,
+    /// Settlements the broker kept refusing; their tasks will be delivered again.
+    pub unsettled: u64,
 }
 
 /// Why a running call is being stopped.
@@ -123,6 +125,7 @@ struct Counts {
     revoked: AtomicU64,
     released: AtomicU64,
     stale: AtomicU64,
+    unsettled: AtomicU64,
 }
 
 /// Runs a worker until `shutdown` resolves, then shuts down warmly. Guest calls run on
@@ -242,6 +245,13 @@ async fn fetch<B: Broker + Clone>(
     let lease_ms = config.lease.as_millis() as u64;
     let mut backoff = Duration::from_millis(50);
     loop {
+        // Registered before the room is counted, so a slot freed in between still wakes us.
+        let freed = shared.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if requested(shutdown).await {
+            return;
+        }
         let held = shared
             .held
             .lock()
@@ -252,14 +262,15 @@ async fn fetch<B: Broker + Clone>(
             tokio::select! {
                 biased;
                 () = &mut *shutdown => return,
-                () = shared.freed.notified() => continue,
+                () = freed => continue,
             }
         }
-        let reserved = tokio::select! {
-            biased;
-            () = &mut *shutdown => return,
-            reserved = shared.broker.reserve(&config.name, &config.queues, room, lease_ms, now_ms()) => reserved,
-        };
+        // Not raced with shutdown: the script runs whether or not its reply is awaited, and
+        // what it leased must be registered to be handed back at once.
+        let reserved = shared
+            .broker
+            .reserve(&config.name, &config.queues, room, lease_ms, now_ms())
+            .await;
         match reserved {
             Ok(deliveries) if deliveries.is_empty() => {
                 backoff = Duration::from_millis(50);
@@ -288,6 +299,15 @@ async fn fetch<B: Broker + Clone>(
     }
 }
 
+/// Whether `shutdown` has resolved, without waiting for it.
+async fn requested(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown.as_mut() => true,
+        () = std::future::ready(()) => false,
+    }
+}
+
 /// Registers a delivery and spawns its execution.
 fn start<B: Broker + Clone>(shared: &Arc<Shared<B>>, delivery: Delivery) {
     let (stop, stopped) = watch::channel(false);
@@ -296,7 +316,8 @@ fn start<B: Broker + Clone>(shared: &Arc<Shared<B>>, delivery: Delivery) {
         .early_terminations
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .remove(&delivery.id);
+        .remove(&delivery.id)
+        || delivery.terminating;
     let held = Held {
         token: delivery.token,
         stop,
@@ -331,8 +352,9 @@ async fn execute<B: Broker + Clone>(
         token: delivery.token,
     };
     let settlement = match shared.slots.acquire().await {
-        // Closed: warm shutdown began before this prefetched message got a slot.
-        Err(_) => Settlement::Release,
+        // Closed: warm shutdown began before this prefetched message got a slot; it goes back
+        // (unless it was revoked meanwhile).
+        Err(_) => stopped_settlement(&shared, &delivery, None, None),
         Ok(_permit) => run_one(&shared, &delivery, stopped, progress).await,
     };
     let _ = shared.settle.send(Settle { lease, settlement });
@@ -361,7 +383,7 @@ async fn run_one<B: Broker + Clone>(
         Ok(found) => found,
         Err(ComponentError::Broker(error)) => {
             tracing::warn!(id = %delivery.id, %error, "registry unreachable; handing the task back");
-            return Settlement::Release;
+            return stopped_settlement(shared, delivery, None, None);
         }
         Err(ComponentError::Unavailable(reason)) => {
             let attempt = outcome::attempt(shared, delivery, None, None, State::Failure);
@@ -399,12 +421,13 @@ async fn run_one<B: Broker + Clone>(
         Err(error) => {
             // The host failed (e.g. the instance pool is exhausted), not the task: retry later.
             tracing::error!(id = %delivery.id, %error, "sandbox failure; handing the task back");
-            Settlement::Release
+            stopped_settlement(shared, delivery, None, None)
         }
     }
 }
 
-/// The settlement of a delivery that was stopped before or while running.
+/// The settlement of a delivery that was stopped before or while running, or that cannot run
+/// now: REVOKED if it was revoked with terminate, otherwise handed back.
 fn stopped_settlement<B>(
     shared: &Shared<B>,
     delivery: &Delivery,
@@ -472,7 +495,10 @@ async fn keep<B: Broker + Clone>(shared: Arc<Shared<B>>) {
             Ok(held_still) => {
                 let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
                 for (lease, kept) in leases.iter().zip(held_still) {
-                    if !kept && let Some(entry) = held.get_mut(&lease.id) {
+                    if let Some(entry) = held.get_mut(&lease.id)
+                        && !kept
+                        && entry.token == lease.token
+                    {
                         tracing::warn!(id = %lease.id, "lease lost (taken over after expiry); stopping the task");
                         entry.reason.get_or_insert(StopReason::LeaseLost);
                         entry.stop.send_replace(true);
@@ -588,6 +614,7 @@ impl Counts {
             revoked: get(&self.revoked),
             released: get(&self.released),
             stale: get(&self.stale),
+            unsettled: get(&self.unsettled),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use wtq_client::broker::{Broker, Settle, Settled, Settlement};
+use wtq_client::broker::{self, Broker, Settle, Settled, Settlement};
 use wtq_client::message::{State, now_ms};
 
 use super::{MAX_BACKOFF, Shared};
@@ -30,7 +30,13 @@ pub(super) async fn run<B: Broker + Clone>(
         let outcomes = send(&shared, &batch).await;
         let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
         for (settle, outcome) in batch.drain(..).zip(outcomes) {
-            held.remove(&settle.lease.id);
+            // A newer delivery of the same id to this worker is not this settlement's to end.
+            if held
+                .get(&settle.lease.id)
+                .is_some_and(|entry| entry.token == settle.lease.token)
+            {
+                held.remove(&settle.lease.id);
+            }
             count(&shared, &settle, outcome);
         }
         drop(held);
@@ -38,25 +44,50 @@ pub(super) async fn run<B: Broker + Clone>(
     }
 }
 
-/// Settles a batch, retrying until the broker answers: a result that was computed must not
+/// Attempts at a batch the broker refuses (rather than cannot be reached for) before it is
+/// split to find the settlement it refuses: long enough for a restarting Redis to load.
+const REFUSED_ATTEMPTS: u32 = 8;
+
+/// Settles a batch: retried while the broker is unreachable, since a computed result must not
 /// be lost to a passing outage (if the outage outlives the lease, the broker refuses it as
-/// stale and another worker runs the task again).
-async fn send<B: Broker>(shared: &Shared<B>, batch: &[Settle]) -> Vec<Settled> {
+/// stale and another worker runs the task again). A batch the broker keeps refusing is split,
+/// so one bad settlement cannot hold back the others; that one is given up (`None`): its lease
+/// expires, and the reaper's delivery count stops it from looping forever.
+async fn send<B: Broker>(shared: &Shared<B>, batch: &[Settle]) -> Vec<Option<Settled>> {
     let mut backoff = Duration::from_millis(50);
+    let mut refused = 0;
     loop {
         match shared.broker.settle(batch.to_vec(), now_ms()).await {
-            Ok(outcomes) => return outcomes,
-            Err(error) => {
+            Ok(outcomes) => return outcomes.into_iter().map(Some).collect(),
+            Err(error @ broker::Error::Unreachable { .. }) => {
                 tracing::warn!(%error, tasks = batch.len(), retry_in = ?backoff, "cannot store results; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(error) if refused < REFUSED_ATTEMPTS => {
+                refused += 1;
+                tracing::warn!(%error, tasks = batch.len(), retry_in = ?backoff, "the broker refused results; retrying");
+            }
+            Err(error) if batch.len() == 1 => {
+                tracing::error!(%error, id = %batch[0].lease.id, "the broker refuses this result; giving it up (the task will be delivered again)");
+                return vec![None];
+            }
+            Err(_) => {
+                let (left, right) = batch.split_at(batch.len() / 2);
+                let mut outcomes = Box::pin(send(shared, left)).await;
+                outcomes.extend(Box::pin(send(shared, right)).await);
+                return outcomes;
             }
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-fn count<B>(shared: &Shared<B>, settle: &Settle, outcome: Settled) {
+fn count<B>(shared: &Shared<B>, settle: &Settle, outcome: Option<Settled>) {
     let counts = &shared.counts;
+    let Some(outcome) = outcome else {
+        counts.unsettled.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let counter = match (outcome, &settle.settlement) {
         (Settled::Stale, _) => {
             tracing::warn!(id = %settle.lease.id, "result refused: the lease was taken over by another worker");

@@ -301,7 +301,7 @@ async fn check_eviction(
 }
 
 /// The URL with its password replaced by `***`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -353,7 +353,8 @@ fn settle_args(settlement: &Settlement) -> (&'static str, String, String, String
     }
 }
 
-/// Parses reserve's flat reply: id, token, message, deliveries, attempt per delivery.
+/// Parses reserve's flat reply: id, token, message, deliveries, attempt, terminating per
+/// delivery.
 fn deliveries(reply: Vec<Value>, now_ms: u64) -> Result<Vec<Delivery>, Error> {
     let mut out = Vec::with_capacity(reply.len() / 5);
     let mut values = reply.into_iter();
@@ -368,6 +369,7 @@ fn deliveries(reply: Vec<Value>, now_ms: u64) -> Result<Vec<Delivery>, Error> {
         let body = record::bytes(next()?)?;
         let deliveries = record::integer(next()?)?;
         let attempt = record::integer(next()?)?;
+        let terminating = record::integer::<u64>(next()?)? == 1;
         let message = serde_json::from_slice(&body)
             .map_err(|error| format!("the stored message body is not a task message: {error}"));
         out.push(Delivery {
@@ -376,6 +378,7 @@ fn deliveries(reply: Vec<Value>, now_ms: u64) -> Result<Vec<Delivery>, Error> {
             message,
             deliveries,
             attempt,
+            terminating,
             received_ms: now_ms,
         });
     }
@@ -431,6 +434,7 @@ impl Broker for RedisBroker {
         let keys = self.keys();
         let mut call = self.scripts().reserve.key(keys.fence());
         call.key(keys.leases())
+            .key(keys.terminating())
             .arg(keys.prefix())
             .arg(worker)
             .arg(now_ms)
@@ -608,7 +612,8 @@ impl Broker for RedisBroker {
     }
 
     async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<TaskRecord>, Error> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what `Instant` can hold means no deadline (a year is as good).
+        let deadline = Instant::now() + timeout.min(crate::message::MAX_DURATION);
         // Subscribed before the first read: a finish after the read wakes this watch.
         let watch = self
             .inner

@@ -14,8 +14,10 @@ local buried = {}
 local woken = {}
 for _, id in ipairs(expired) do
   local key = prefix .. 'task:' .. id
-  local f = redis.call('HMGET', key, 'deliveries', 'max_deliveries', 'queue', 'score')
-  if f[3] then
+  local f = redis.call('HMGET', key, 'deliveries', 'max_deliveries', 'queue', 'score', 'token')
+  -- Only a lease still held (a token set) is reclaimed; an id left in `leases` by a settled,
+  -- revoked or released task is just dropped from it.
+  if f[3] and f[5] and f[5] ~= '' then
     local deliveries, max = f[1] or '0', f[2] or '0'
     if tonumber(deliveries) >= tonumber(max) then
       redis.call('HSET', key, 'state', 'FAILURE', 'finished', now_ms, 'token', '', 'error',

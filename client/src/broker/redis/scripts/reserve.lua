@@ -4,12 +4,22 @@
 --
 -- KEYS[1]  the `fence` counter
 -- KEYS[2]  `leases`
+-- KEYS[3]  `terminating`
 -- ARGV[1]  key prefix; ARGV[2] worker; ARGV[3] now (ms); ARGV[4] lease expiry (ms);
 -- ARGV[5]  max; ARGV[6] most delayed messages promoted per queue and call;
 -- ARGV[7..] the queues
 --
--- Returns { { id, token, message JSON, deliveries, attempt, ... }, { dropped id, ... } }.
+-- Returns { { id, token, message JSON, deliveries, attempt, terminating (0/1), ... },
+--           { dropped id, ... } }: a terminate requested before this delivery (its worker died,
+--           say) travels with it, so the next worker does not run a revoked task.
 -- A ready id without a stored message (written by hand) is dropped and reported.
+-- A record's time to live, clamped so PEXPIRE cannot fail: a script that errors half-way is
+-- not rolled back, and would leave what it already wrote.
+local function ttl(value)
+  local n = tonumber(value) or 1
+  if n < 1 then n = 1 elseif n > 315360000000 then n = 315360000000 end
+  return string.format('%d', n)
+end
 local prefix, worker = ARGV[1], ARGV[2]
 local now_ms, lease_until = ARGV[3], ARGV[4]
 local now = tonumber(now_ms)
@@ -31,7 +41,7 @@ local function expire(key, id, expires, result_ttl)
   redis.call('HSET', key, 'state', 'REVOKED', 'finished', now_ms, 'error',
     '{"kind":"expired","message":"expired at ' .. expires .. ' ms before it started"}')
   if result_ttl then
-    redis.call('PEXPIRE', key, result_ttl)
+    redis.call('PEXPIRE', key, ttl(result_ttl))
   end
   redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
 end
@@ -85,6 +95,8 @@ local out = {}
 if #chosen > 0 then
   -- One INCRBY mints every token of the batch.
   local first = redis.call('INCRBY', KEYS[1], #chosen) - #chosen
+  -- Almost always empty: one call per batch instead of one per message.
+  local any_terminating = redis.call('SCARD', KEYS[3]) > 0
   local leases = {}
   for i, c in ipairs(chosen) do
     local token = first + i
@@ -98,6 +110,7 @@ if #chosen > 0 then
     out[#out + 1] = c[3]
     out[#out + 1] = c[4]
     out[#out + 1] = c[5]
+    out[#out + 1] = any_terminating and redis.call('SISMEMBER', KEYS[3], c[2]) or 0
   end
   redis.call('ZADD', KEYS[2], unpack(leases))
 end
