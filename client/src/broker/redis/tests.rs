@@ -60,10 +60,12 @@ fn a_garbage_body_is_delivered_as_an_error() {
         Value::BulkString(b"{not json".to_vec()),
         Value::Int(1),
         Value::Int(2),
+        Value::Int(1),
     ];
     let delivery = deliveries(reply, T0).expect("parses").pop().expect("one");
     assert_eq!((delivery.id.as_str(), delivery.token), ("a", 7));
     assert_eq!((delivery.deliveries, delivery.attempt), (1, 2));
+    assert!(delivery.terminating);
     assert!(delivery.message.is_err());
     assert!(deliveries(vec![Value::BulkString(b"a".to_vec())], T0).is_err());
 }
