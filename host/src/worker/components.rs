@@ -25,7 +25,17 @@ pub enum ComponentError {
     Unavailable(String),
     /// Transient: the broker could not be asked; the message should be handed back.
     #[error(transparent)]
-    Broker(#[from] wtq_client::broker::Error),
+    Broker(wtq_client::broker::Error),
+}
+
+impl From<wtq_client::broker::Error> for ComponentError {
+    fn from(error: wtq_client::broker::Error) -> Self {
+        match error {
+            // Stored data that does not decode will not decode on the next delivery either.
+            wtq_client::broker::Error::Corrupt(reason) => ComponentError::Unavailable(reason),
+            other => ComponentError::Broker(other),
+        }
+    }
 }
 
 /// Loaded components by digest, shared by all executions of a worker.
