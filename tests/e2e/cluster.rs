@@ -167,6 +167,29 @@ pub async fn all_final(
     records
 }
 
+/// Enqueues `count` calls of `address` with `args` in one round trip; returns their ids.
+pub async fn enqueue_many(
+    client: &Client<AnyBroker>,
+    address: &str,
+    args: serde_json::Value,
+    count: usize,
+) -> Vec<String> {
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        tasks.push(
+            client
+                .call(address)
+                .args(args.clone())
+                .prepare()
+                .await
+                .expect("prepare"),
+        );
+    }
+    let ids = tasks.iter().map(|task| task.message.id.clone()).collect();
+    client.enqueue(tasks).await.expect("enqueue");
+    ids
+}
+
 /// Asserts a record finished as SUCCESS with exactly one committed attempt.
 pub fn committed_once(record: &TaskRecord) {
     assert_eq!(record.state, State::Success, "{record:?}");

@@ -7,7 +7,7 @@ use serde_json::json;
 use wtq_client::broker::Broker;
 use wtq_client::message::State;
 
-use crate::cluster::{Cluster, all_final, committed_once};
+use crate::cluster::{Cluster, all_final, committed_once, enqueue_many};
 use crate::support::guest;
 
 /// Waits until `check` holds, polling a status the test observes from outside.
@@ -519,19 +519,7 @@ async fn a_killed_worker_loses_no_task_and_none_commits_twice() {
     let mut cluster = Cluster::start();
     cluster.deploy("chaos");
     let client = cluster.client().await;
-    let mut tasks = Vec::new();
-    for _ in 0..5000 {
-        tasks.push(
-            client
-                .call("chaos.sleep")
-                .args(json!([20]))
-                .prepare()
-                .await
-                .expect("prepare"),
-        );
-    }
-    let ids: Vec<String> = tasks.iter().map(|task| task.message.id.clone()).collect();
-    client.enqueue(tasks).await.expect("enqueue");
+    let ids = enqueue_many(&client, "chaos.sleep", json!([20]), 5000).await;
     let flags = ["-c", "64", "--lease", "1s", "--reap-interval", "200ms"];
     let victim = cluster.worker("victim", &flags);
     cluster.worker("survivor", &flags);
@@ -658,19 +646,7 @@ async fn redis_restarted_with_aof_loses_no_acknowledged_enqueue() {
     let mut cluster = Cluster::durable();
     cluster.deploy("chaos");
     let client = cluster.client().await;
-    let mut tasks = Vec::new();
-    for _ in 0..300 {
-        tasks.push(
-            client
-                .call("chaos.sleep")
-                .args(json!([10]))
-                .prepare()
-                .await
-                .expect("prepare"),
-        );
-    }
-    let ids: Vec<String> = tasks.iter().map(|task| task.message.id.clone()).collect();
-    client.enqueue(tasks).await.expect("enqueue");
+    let ids = enqueue_many(&client, "chaos.sleep", json!([10]), 300).await;
     cluster.worker("w1", &["-c", "4"]);
     eventually("work to be under way", Duration::from_secs(20), || async {
         client.broker().depth("default").await.expect("depth") < 280

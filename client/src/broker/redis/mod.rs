@@ -114,19 +114,22 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Scripts {
+        // Every script starts with the shared prelude (Lua scripts cannot import one another).
+        let script =
+            |body: &str| Script::new(&format!("{}{body}", include_str!("scripts/prelude.lua")));
         Scripts {
-            enqueue: Script::new(include_str!("scripts/enqueue.lua")),
-            reserve: Script::new(include_str!("scripts/reserve.lua")),
-            renew: Script::new(include_str!("scripts/renew.lua")),
-            mark: Script::new(include_str!("scripts/mark.lua")),
-            settle: Script::new(include_str!("scripts/settle.lua")),
-            reap: Script::new(include_str!("scripts/reap.lua")),
-            revoke: Script::new(include_str!("scripts/revoke.lua")),
-            purge: Script::new(include_str!("scripts/purge.lua")),
-            retry_dead: Script::new(include_str!("scripts/retry_dead.lua")),
-            purge_dead: Script::new(include_str!("scripts/purge_dead.lua")),
-            put_component: Script::new(include_str!("scripts/put_component.lua")),
-            watch: Script::new(include_str!("scripts/watch.lua")),
+            enqueue: script(include_str!("scripts/enqueue.lua")),
+            reserve: script(include_str!("scripts/reserve.lua")),
+            renew: script(include_str!("scripts/renew.lua")),
+            mark: script(include_str!("scripts/mark.lua")),
+            settle: script(include_str!("scripts/settle.lua")),
+            reap: script(include_str!("scripts/reap.lua")),
+            revoke: script(include_str!("scripts/revoke.lua")),
+            purge: script(include_str!("scripts/purge.lua")),
+            retry_dead: script(include_str!("scripts/retry_dead.lua")),
+            purge_dead: script(include_str!("scripts/purge_dead.lua")),
+            put_component: script(include_str!("scripts/put_component.lua")),
+            watch: script(include_str!("scripts/watch.lua")),
         }
     }
 }

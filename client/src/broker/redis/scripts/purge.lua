@@ -6,13 +6,6 @@
 -- ARGV[1]  key prefix; ARGV[2] now (ms); ARGV[3] batch; ARGV[4] the `purged` error JSON
 --
 -- Returns how many messages it removed.
--- A record's time to live, clamped so PEXPIRE cannot fail: a script that errors half-way is
--- not rolled back, and would leave what it already wrote.
-local function clamp(value)
-  local n = tonumber(value) or 1
-  if n < 1 then n = 1 elseif n > 315360000000 then n = 315360000000 end
-  return string.format('%d', n)
-end
 local prefix, now_ms = ARGV[1], ARGV[2]
 local batch = tonumber(ARGV[3])
 local removed = 0
@@ -24,7 +17,7 @@ for k = 1, 2 do
       local ttl = redis.call('HGET', key, 'result_ttl')
       if ttl then
         redis.call('HSET', key, 'state', 'REVOKED', 'error', ARGV[4], 'finished', now_ms)
-        redis.call('PEXPIRE', key, clamp(ttl))
+        redis.call('PEXPIRE', key, record_ttl(ttl))
         redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
       end
     end

@@ -13,13 +13,6 @@
 --           { dropped id, ... } }: a terminate requested before this delivery (its worker died,
 --           say) travels with it, so the next worker does not run a revoked task.
 -- A ready id without a stored message (written by hand) is dropped and reported.
--- A record's time to live, clamped so PEXPIRE cannot fail: a script that errors half-way is
--- not rolled back, and would leave what it already wrote.
-local function ttl(value)
-  local n = tonumber(value) or 1
-  if n < 1 then n = 1 elseif n > 315360000000 then n = 315360000000 end
-  return string.format('%d', n)
-end
 local prefix, worker = ARGV[1], ARGV[2]
 local now_ms, lease_until = ARGV[3], ARGV[4]
 local now = tonumber(now_ms)
@@ -41,7 +34,7 @@ local function expire(key, id, expires, result_ttl)
   redis.call('HSET', key, 'state', 'REVOKED', 'finished', now_ms, 'error',
     '{"kind":"expired","message":"expired at ' .. expires .. ' ms before it started"}')
   if result_ttl then
-    redis.call('PEXPIRE', key, ttl(result_ttl))
+    redis.call('PEXPIRE', key, record_ttl(result_ttl))
   end
   redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
 end

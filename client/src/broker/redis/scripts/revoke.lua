@@ -6,13 +6,6 @@
 -- ARGV[5]  the `revoked` error JSON
 --
 -- Returns {'unknown'} | {'final', state} | {'running', '1'/'0' (terminating)} | {'revoked'}.
--- A record's time to live, clamped so PEXPIRE cannot fail: a script that errors half-way is
--- not rolled back, and would leave what it already wrote.
-local function ttl(value)
-  local n = tonumber(value) or 1
-  if n < 1 then n = 1 elseif n > 315360000000 then n = 315360000000 end
-  return string.format('%d', n)
-end
 local prefix, id = ARGV[1], ARGV[2]
 local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'queue', 'result_ttl')
 local state = f[1]
@@ -36,7 +29,7 @@ if f[3] then
 end
 redis.call('HSET', KEYS[1], 'state', 'REVOKED', 'error', ARGV[5], 'finished', ARGV[4])
 if f[4] then
-  redis.call('PEXPIRE', KEYS[1], ttl(f[4]))
+  redis.call('PEXPIRE', KEYS[1], record_ttl(f[4]))
 end
 redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
 return { 'revoked' }

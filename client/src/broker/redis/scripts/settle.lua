@@ -13,13 +13,6 @@
 -- where HDEL would.
 --
 -- Returns 1 (committed) or 0 (stale) per settlement.
--- A record's time to live, clamped so PEXPIRE cannot fail: a script that errors half-way is
--- not rolled back, and would leave what it already wrote.
-local function ttl(value)
-  local n = tonumber(value) or 1
-  if n < 1 then n = 1 elseif n > 315360000000 then n = 315360000000 end
-  return string.format('%d', n)
-end
 local prefix, now_ms = ARGV[1], ARGV[2]
 local now = tonumber(now_ms)
 local WIDTH = 6
@@ -40,7 +33,7 @@ for a = 2, #ARGV - 1, WIDTH do
       -- Counts final commits, so a test can prove each task has exactly one.
       redis.call('HINCRBY', key, 'commits', 1)
       if f[3] then
-        redis.call('PEXPIRE', key, ttl(f[3]))
+        redis.call('PEXPIRE', key, record_ttl(f[3]))
       end
       -- Only a waiter (watch.lua) listens; most tasks have none, and PUBLISH is a call.
       if f[4] then
