@@ -204,6 +204,7 @@ fn demo() -> Result<(), String> {
     for (title, args, should_succeed) in steps {
         println!("\n# {title}\n$ wtq run {}", args.join(" "));
         let status = Command::new(&wtq)
+            .arg("run")
             .args(&args)
             .current_dir(root())
             .status()
