@@ -2,7 +2,8 @@
 //! rustup and cargo:
 //!
 //! - `cargo xtask demo`   build the examples and run a few of their tasks with `wtq run`
-//! - `cargo xtask test`   everything CI checks: guests, the whole test suite, fmt and clippy
+//! - `cargo xtask test`   everything CI checks: guests, the whole test suite, the demo, fmt
+//!   and clippy
 //! - `cargo xtask lint`   `cargo fmt --check` and `cargo clippy -D warnings`
 //! - `cargo xtask guests` build the guest examples (`wasm32-wasip2` components)
 //! - `cargo xtask bench`  `wtq bench sandbox` on a release build
@@ -100,7 +101,6 @@ fn redis() -> Result<(), String> {
 fn test() -> Result<(), String> {
     guests()?;
     redis()?;
-
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     // The guests' pure logic (markdown, slugify, ...) is unit-tested natively.
@@ -108,6 +108,8 @@ fn test() -> Result<(), String> {
     run(cargo()
         .args(["test", "--target", &host])
         .current_dir(root().join("guest-examples")))?;
+    // The README's other command, so CI keeps it true.
+    demo()?;
     lint()
 }
 
