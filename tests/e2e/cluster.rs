@@ -51,6 +51,15 @@ impl Cluster {
         self.wtq.command(all)
     }
 
+    /// `wtq call ARGS…` that must succeed; returns the task id it printed.
+    pub fn enqueue(&self, args: &[&str]) -> String {
+        let mut call = vec!["call"];
+        call.extend_from_slice(args);
+        let run = self.cmd(&call);
+        assert_eq!(run.code, 0, "wtq call {args:?}: {}", run.stderr);
+        run.stdout.trim().to_string()
+    }
+
     /// Deploys a guest example under its own name.
     pub fn deploy(&self, name: &str) -> String {
         let path = guest(name);

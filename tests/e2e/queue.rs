@@ -48,11 +48,7 @@ async fn deploy_call_and_read_the_result() {
         3
     );
 
-    let id = cluster
-        .cmd(&["call", "math.mul", "[6,7]"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["math.mul", "[6,7]"]);
     assert_eq!(id.len(), 36, "call prints only the task id: {id}");
     let run = cluster.cmd(&["result", &id, "--wait", "--timeout", "20s"]);
     assert_eq!((run.code, run.stdout.trim()), (0, "42"), "{}", run.stderr);
@@ -118,17 +114,9 @@ async fn countdown_and_eta_are_respected() {
     cluster.deploy("math");
     cluster.worker("w1", &[]);
     let started = Instant::now();
-    let id = cluster
-        .cmd(&["call", "math.add", "[1,1]", "--countdown", "1s"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["math.add", "[1,1]", "--countdown", "1s"]);
     let eta = wtq::units::format_rfc3339(wtq_client::message::now_ms() + 2000);
-    let later = cluster
-        .cmd(&["call", "math.add", "[2,2]", "--eta", &eta])
-        .stdout
-        .trim()
-        .to_string();
+    let later = cluster.enqueue(&["math.add", "[2,2]", "--eta", &eta]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         state(&cluster, &id).await,
@@ -155,11 +143,7 @@ async fn countdown_and_eta_are_respected() {
 async fn an_expired_task_is_revoked_and_never_runs() {
     let mut cluster = Cluster::start();
     cluster.deploy("math");
-    let id = cluster
-        .cmd(&["call", "math.add", "[1,1]", "--expires", "300ms"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["math.add", "[1,1]", "--expires", "300ms"]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     cluster.worker("w1", &[]);
     let run = cluster.cmd(&["result", &id, "--wait", "--timeout", "20s"]);
@@ -174,24 +158,10 @@ async fn higher_priorities_run_first_and_queues_route() {
     cluster.deploy("chaos");
     let mut low = Vec::new();
     for i in 0..3 {
-        low.push(
-            cluster
-                .cmd(&["call", "chaos.echo", &format!("[{i}]")])
-                .stdout
-                .trim()
-                .to_string(),
-        );
+        low.push(cluster.enqueue(&["chaos.echo", &format!("[{i}]")]));
     }
-    let high = cluster
-        .cmd(&["call", "chaos.echo", "[\"urgent\"]", "--priority", "9"])
-        .stdout
-        .trim()
-        .to_string();
-    let elsewhere = cluster
-        .cmd(&["call", "chaos.echo", "[1]", "-Q", "reports"])
-        .stdout
-        .trim()
-        .to_string();
+    let high = cluster.enqueue(&["chaos.echo", "[\"urgent\"]", "--priority", "9"]);
+    let elsewhere = cluster.enqueue(&["chaos.echo", "[1]", "-Q", "reports"]);
     cluster.worker("w1", &["-c", "1", "--prefetch-multiplier", "1"]);
     let client = cluster.client().await;
     let mut ids = vec![high.clone()];
@@ -338,11 +308,7 @@ async fn revoke_with_terminate_stops_a_spinning_task_within_100ms() {
     let mut cluster = Cluster::start();
     cluster.deploy("chaos");
     cluster.worker("w1", &[]);
-    let id = cluster
-        .cmd(&["call", "chaos.spin", "--time-limit", "60s"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["chaos.spin", "--time-limit", "60s"]);
     eventually("the task to start", Duration::from_secs(20), || async {
         state(&cluster, &id).await == Some(State::Started)
     })
@@ -373,11 +339,7 @@ async fn a_terminate_outlives_the_worker_that_held_the_task() {
     cluster.deploy("chaos");
     let flags = ["--lease", "1s", "--reap-interval", "200ms"];
     let doomed = cluster.worker("doomed", &flags);
-    let id = cluster
-        .cmd(&["call", "chaos.sleep", "[3000]"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["chaos.sleep", "[3000]"]);
     eventually("the task to start", Duration::from_secs(20), || async {
         state(&cluster, &id).await == Some(State::Started)
     })
@@ -409,22 +371,10 @@ async fn sigterm_finishes_short_tasks_and_hands_back_the_rest_at_once() {
         &["-c", "4", "--shutdown-timeout", "1s", "--lease", "60s"],
     );
     let short: Vec<String> = (0..2)
-        .map(|_| {
-            cluster
-                .cmd(&["call", "chaos.sleep", "[300]"])
-                .stdout
-                .trim()
-                .to_string()
-        })
+        .map(|_| cluster.enqueue(&["chaos.sleep", "[300]"]))
         .collect();
     let long: Vec<String> = (0..2)
-        .map(|_| {
-            cluster
-                .cmd(&["call", "chaos.sleep", "[30000]"])
-                .stdout
-                .trim()
-                .to_string()
-        })
+        .map(|_| cluster.enqueue(&["chaos.sleep", "[30000]"]))
         .collect();
     for id in short.iter().chain(&long) {
         eventually("every task to start", Duration::from_secs(20), || async {
@@ -494,13 +444,7 @@ async fn a_guest_spinning_on_every_slot_for_three_leases_keeps_its_leases() {
         ],
     );
     let ids: Vec<String> = (0..4)
-        .map(|_| {
-            cluster
-                .cmd(&["call", "chaos.spin", "--time-limit", "3500ms"])
-                .stdout
-                .trim()
-                .to_string()
-        })
+        .map(|_| cluster.enqueue(&["chaos.spin", "--time-limit", "3500ms"]))
         .collect();
     let client = cluster.client().await;
     let records = all_final(&client, &ids, Duration::from_secs(30)).await;
@@ -550,13 +494,7 @@ async fn a_frozen_worker_cannot_commit_its_late_results() {
     let flags = ["-c", "4", "--lease", "1s", "--reap-interval", "200ms"];
     let frozen = cluster.worker("frozen", &flags);
     let ids: Vec<String> = (0..4)
-        .map(|_| {
-            cluster
-                .cmd(&["call", "chaos.sleep", "[1500]"])
-                .stdout
-                .trim()
-                .to_string()
-        })
+        .map(|_| cluster.enqueue(&["chaos.sleep", "[1500]"]))
         .collect();
     for id in &ids {
         eventually(
@@ -599,11 +537,7 @@ async fn a_frozen_worker_cannot_commit_its_late_results() {
 async fn a_poison_message_is_dead_lettered_after_max_deliveries() {
     let mut cluster = Cluster::start();
     cluster.deploy("chaos");
-    let id = cluster
-        .cmd(&["call", "chaos.sleep", "[60000]", "--max-deliveries", "2"])
-        .stdout
-        .trim()
-        .to_string();
+    let id = cluster.enqueue(&["chaos.sleep", "[60000]", "--max-deliveries", "2"]);
     let flags = ["--lease", "1s", "--reap-interval", "200ms"];
     let client = cluster.client().await;
     for delivery in 1..=2u32 {
