@@ -62,13 +62,14 @@ impl<B: Broker + Clone> Components<B> {
             Some(digest) => digest.clone(),
             None => self.current(&message.component).await?,
         };
-        let cell = self
-            .loaded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(digest.clone())
-            .or_default()
-            .clone();
+        let cell = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            // Looked up before inserting: the key is allocated only for a digest seen first.
+            match loaded.get(&digest) {
+                Some(cell) => cell.clone(),
+                None => loaded.entry(digest.clone()).or_default().clone(),
+            }
+        };
         // A failed load leaves the cell empty, so a later message tries again.
         let component = cell
             .get_or_try_init(|| self.load(&message.component, &digest))
