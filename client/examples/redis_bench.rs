@@ -186,6 +186,7 @@ fn attempt(number: u32, received_ms: u64) -> Attempt {
         error: None,
         duration_ms: Some(0.01),
         fuel: Some(1_000),
+        cpu_ms: None,
         peak_memory: Some(65_536),
         log: String::new(),
     }

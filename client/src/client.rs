@@ -1,4 +1,7 @@
 //! The producer API: connect with one URL, call tasks with Celery's options, read results.
+//! The same calls work over a broker (`redis://`, `memory://`: calls are checked against the
+//! registry here) and over the service (`http(s)://`: the service checks them); see
+//! [`Producer`].
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,18 +13,18 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::broker::{self, Broker, NewTask, Revoked};
-use crate::connect::{AnyBroker, connect};
+use crate::api::EnqueueRequest;
+use crate::broker::{self, Broker, Enqueued, NewTask, Revoked};
+use crate::connect::Endpoint;
 use crate::message::{
     Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, MAX_DURATION,
     MAX_PRIORITY, State, TaskFailure, TaskMessage, TaskRecord, now_ms,
 };
+use crate::producer::{ComponentCache, Producer};
 use crate::registry::{Address, AddressError, ComponentRecord, valid_name};
 
 /// Largest JSON arguments accepted at enqueue (the workers' default argument limit).
@@ -53,40 +56,42 @@ pub enum ClientError {
     InvalidOption(String),
 }
 
-/// How long a component's registry record is reused before the registry is asked again: a
-/// deploy reaches producers within this time, and a burst of calls costs one lookup.
-const REGISTRY_TTL: Duration = Duration::from_secs(1);
-
-/// Connects producers to the queue.
+/// Connects producers to the queue: over a broker, or over the service's HTTP API.
 #[derive(Clone)]
-pub struct Client<B = AnyBroker> {
-    broker: B,
-    registry: Arc<Mutex<HashMap<String, (Instant, ComponentRecord)>>>,
+pub struct Client<P = Endpoint> {
+    producer: P,
+    components: ComponentCache,
 }
 
-impl Client<AnyBroker> {
-    /// Connects to the broker `url` names (`redis://host:port[?namespace=NAME]`).
+impl Client<Endpoint> {
+    /// Connects to what `url` names: the service (`http(s)://HOST:PORT`, no token) or a broker
+    /// (`redis://host:port[?namespace=NAME]`, `rediss://`, `memory://`).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        Ok(Client::with_broker(connect(url).await?))
+        Client::connect_with_token(url, None).await
+    }
+
+    /// As [`Client::connect`], with the service's API token (ignored for a broker URL).
+    pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        Ok(Client::with_producer(Endpoint::connect(url, token).await?))
     }
 }
 
-impl<B: Broker + Clone> Client<B> {
-    /// A client over an existing broker (e.g. the embedded one).
-    pub fn with_broker(broker: B) -> Self {
+impl<P: Producer> Client<P> {
+    /// A client over an existing producer (a broker, [`crate::http::HttpApi`], an [`Endpoint`]).
+    pub fn with_producer(producer: P) -> Self {
         Client {
-            broker,
-            registry: Arc::default(),
+            producer,
+            components: ComponentCache::default(),
         }
     }
 
-    /// The broker underneath.
-    pub fn broker(&self) -> &B {
-        &self.broker
+    /// Where the calls go.
+    pub fn producer(&self) -> &P {
+        &self.producer
     }
 
     /// Starts a call of `address` (`NAME.TASK` or `NAME@DIGEST.TASK`).
-    pub fn call(&self, address: &str) -> Call<'_, B> {
+    pub fn call(&self, address: &str) -> Call<'_, P> {
         Call {
             client: self,
             address: address.to_string(),
@@ -95,58 +100,70 @@ impl<B: Broker + Clone> Client<B> {
     }
 
     /// A handle on the result of task `id`.
-    pub fn result(&self, id: &str) -> AsyncResult<B> {
+    pub fn result(&self, id: &str) -> AsyncResult<P> {
         AsyncResult {
             id: id.to_string(),
-            broker: self.broker.clone(),
+            producer: self.producer.clone(),
         }
+    }
+
+    /// Enqueues many calls in one round trip (over HTTP, one `POST /v1/tasks/batch` of at
+    /// most 10,000); none is stored if one is refused. Returns their ids in request order.
+    pub async fn enqueue_requests(
+        &self,
+        calls: Vec<EnqueueRequest>,
+    ) -> Result<Vec<Enqueued>, ClientError> {
+        self.producer.enqueue_calls(calls, &self.components).await
+    }
+}
+
+impl<B: Broker + Clone> Client<B> {
+    /// A client over an existing broker (e.g. the embedded one).
+    pub fn with_broker(broker: B) -> Self {
+        Client::with_producer(broker)
+    }
+
+    /// The broker underneath.
+    pub fn broker(&self) -> &B {
+        &self.producer
     }
 
     /// Enqueues prepared messages in one round trip (see [`Call::prepare`]).
     pub async fn enqueue(&self, tasks: Vec<NewTask>) -> Result<Vec<AsyncResult<B>>, ClientError> {
-        let enqueued = self.broker.enqueue(tasks, now_ms()).await?;
+        let enqueued = Broker::enqueue(&self.producer, tasks, now_ms()).await?;
         Ok(enqueued
             .into_iter()
             .map(|task| self.result(&task.id))
             .collect())
     }
+}
 
-    async fn component(&self, name: &str) -> Result<ComponentRecord, ClientError> {
-        let cached = self
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned();
-        if let Some((at, record)) = cached
-            && at.elapsed() < REGISTRY_TTL
-        {
-            return Ok(record);
-        }
-        if let Some(record) = self.broker.component(name).await? {
-            self.registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(name.to_string(), (Instant::now(), record.clone()));
-            return Ok(record);
-        }
-
-        let known: Vec<String> = self
-            .broker
-            .components()
-            .await?
-            .into_iter()
-            .map(|record| record.name)
-            .collect();
-        Err(ClientError::UnknownComponent {
-            name: name.to_string(),
-            known: if known.is_empty() {
-                "none (use `wtq deploy`)".into()
-            } else {
-                known.join(", ")
-            },
-        })
+/// The registry record of component `name`: from `cache` if fresh, else from the broker.
+async fn component<B: Broker>(
+    broker: &B,
+    cache: &ComponentCache,
+    name: &str,
+) -> Result<ComponentRecord, ClientError> {
+    if let Some(record) = cache.fresh(name) {
+        return Ok(record);
     }
+    if let Some(record) = Broker::component(broker, name).await? {
+        cache.insert(record.clone());
+        return Ok(record);
+    }
+    let known: Vec<String> = Broker::components(broker)
+        .await?
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    Err(ClientError::UnknownComponent {
+        name: name.to_string(),
+        known: if known.is_empty() {
+            "none (use `wtq deploy`)".into()
+        } else {
+            known.join(", ")
+        },
+    })
 }
 
 /// Celery's call options (`apply_async`), all optional.
@@ -170,13 +187,13 @@ pub struct CallOptions {
 }
 
 /// A call being built: set options, then [`send`](Call::send).
-pub struct Call<'a, B> {
-    client: &'a Client<B>,
+pub struct Call<'a, P> {
+    client: &'a Client<P>,
     address: String,
     options: CallOptions,
 }
 
-impl<B: Broker + Clone> Call<'_, B> {
+impl<P> Call<'_, P> {
     /// Positional arguments (a JSON array), or keyword arguments as a lone JSON object.
     pub fn args(mut self, args: Value) -> Self {
         self.options.args = Some(args);
@@ -250,137 +267,158 @@ impl<B: Broker + Clone> Call<'_, B> {
         self.options = options;
         self
     }
+}
 
+impl<B: Broker + Clone> Call<'_, B> {
     /// Checks the call against the registry and builds its message, without enqueueing it.
     pub async fn prepare(self) -> Result<NewTask, ClientError> {
-        let address = Address::parse(&self.address)?;
-        let record = self.client.component(&address.component).await?;
-        let version = match &address.digest {
-            Some(prefix) => record.pinned(prefix)?,
-            None => record
-                .current()
-                .ok_or_else(|| ClientError::UnknownComponent {
-                    name: address.component.clone(),
-                    known: "it has no versions".into(),
-                })?,
-        };
-        let Some(task) = version.tasks.iter().find(|task| task.name == address.task) else {
-            let known: Vec<&str> = version
-                .tasks
-                .iter()
-                .map(|task| task.name.as_str())
-                .collect();
-            return Err(ClientError::UnknownTask {
-                component: address.component,
-                task: address.task,
-                known: known.join(", "),
-            });
-        };
-        let options = self.options;
-        let (positional, keywords) = match (options.args, options.kwargs) {
-            (Some(object @ Value::Object(_)), None) => (None, Some(object)),
-            other => other,
-        };
-        let args = crate::args::encode(task, positional, keywords)?;
-        if args.len() > MAX_ARGS_BYTES {
-            return Err(ClientError::TooLarge {
-                size: args.len(),
-                limit: MAX_ARGS_BYTES,
-            });
-        }
-        let queue = options.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
-        if !valid_name(&queue) {
-            return Err(ClientError::InvalidOption(format!(
-                "queue `{queue}`: use 1 to 128 ASCII letters, digits, `_` or `-`"
-            )));
-        }
-        let priority = options.priority.unwrap_or(0);
-        if priority > MAX_PRIORITY {
-            return Err(ClientError::InvalidOption(format!(
-                "priority {priority} is out of range: use 0 (lowest) to {MAX_PRIORITY} (highest)"
-            )));
-        }
-        if let Some(id) = &options.task_id
-            && (id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c == ' '))
-        {
-            return Err(ClientError::InvalidOption(format!(
-                "task id `{id}`: use 1 to 128 printable characters without spaces"
-            )));
-        }
-        for (name, value) in [
-            ("countdown", options.countdown),
-            ("expires", options.expires),
-            ("result_expires", options.result_expires),
-        ] {
-            if value.is_some_and(|value| value > MAX_DURATION) {
-                return Err(ClientError::InvalidOption(format!(
-                    "{name} of {value:?} is too long: at most 10 years"
-                )));
-            }
-        }
-        if options.result_expires.is_some_and(|after| after.is_zero()) {
-            return Err(ClientError::InvalidOption(
-                "result_expires must be more than 0".into(),
-            ));
-        }
-        let now = now_ms();
-        if options
-            .eta_ms
-            .is_some_and(|eta| eta > now + MAX_DURATION.as_millis() as u64)
-        {
-            return Err(ClientError::InvalidOption(
-                "eta is more than 10 years away".into(),
-            ));
-        }
-        let eta_ms = match (options.countdown, options.eta_ms) {
-            (Some(_), Some(_)) => {
-                return Err(ClientError::InvalidOption(
-                    "give either a countdown or an ETA, not both".into(),
-                ));
-            }
-            (Some(delay), None) => Some(now + delay.as_millis() as u64),
-            (None, eta) => eta,
-        };
-        let message = TaskMessage {
-            id: options
-                .task_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            component: address.component,
-            digest: address.digest.map(|_| version.digest.clone()),
-            task: address.task,
-            args,
-            queue,
-            priority,
-            eta_ms,
-            expires_ms: options.expires.map(|after| now + after.as_millis() as u64),
-            max_retries: options.max_retries,
-            retry_backoff: options.retry_backoff,
-            limits: options.limits,
-            max_deliveries: options
-                .max_deliveries
-                .unwrap_or(DEFAULT_MAX_DELIVERIES)
-                .max(1),
-            result_expires_ms: options
-                .result_expires
-                .map_or(DEFAULT_RESULT_EXPIRES_MS, |after| after.as_millis() as u64),
-            created_ms: now,
-        };
-        Ok(NewTask {
-            message,
-            idempotency_key: options.idempotency_key,
-        })
+        let client = self.client;
+        prepare(
+            &client.producer,
+            &client.components,
+            &self.address,
+            self.options,
+        )
+        .await
     }
+}
 
+impl<P: Producer> Call<'_, P> {
     /// Enqueues the call and returns a handle on its result (for an idempotency key seen
     /// before, the handle of the first task).
-    pub async fn send(self) -> Result<AsyncResult<B>, ClientError> {
+    pub async fn send(self) -> Result<AsyncResult<P>, ClientError> {
         let client = self.client;
-        let task = self.prepare().await?;
-        let mut results = client.enqueue(vec![task]).await?;
-        results.pop().ok_or_else(|| {
+        let call = EnqueueRequest::new(&self.address, &self.options);
+        let mut enqueued = client.enqueue_requests(vec![call]).await?;
+        let task = enqueued.pop().ok_or_else(|| {
             ClientError::Broker(broker::Error::Corrupt("enqueue returned no id".into()))
-        })
+        })?;
+        Ok(client.result(&task.id))
     }
+}
+
+/// Checks a call of `address` against the broker's registry and builds its message.
+pub(crate) async fn prepare<B: Broker>(
+    broker: &B,
+    components: &ComponentCache,
+    address: &str,
+    options: CallOptions,
+) -> Result<NewTask, ClientError> {
+    let address = Address::parse(address)?;
+    let record = component(broker, components, &address.component).await?;
+    let version = match &address.digest {
+        Some(prefix) => record.pinned(prefix)?,
+        None => record
+            .current()
+            .ok_or_else(|| ClientError::UnknownComponent {
+                name: address.component.clone(),
+                known: "it has no versions".into(),
+            })?,
+    };
+    let Some(task) = version.tasks.iter().find(|task| task.name == address.task) else {
+        let known: Vec<&str> = version
+            .tasks
+            .iter()
+            .map(|task| task.name.as_str())
+            .collect();
+        return Err(ClientError::UnknownTask {
+            component: address.component,
+            task: address.task,
+            known: known.join(", "),
+        });
+    };
+    let (positional, keywords) = match (options.args, options.kwargs) {
+        (Some(object @ Value::Object(_)), None) => (None, Some(object)),
+        other => other,
+    };
+    let args = crate::args::encode(task, positional, keywords)?;
+    if args.len() > MAX_ARGS_BYTES {
+        return Err(ClientError::TooLarge {
+            size: args.len(),
+            limit: MAX_ARGS_BYTES,
+        });
+    }
+    let queue = options.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+    if !valid_name(&queue) {
+        return Err(ClientError::InvalidOption(format!(
+            "queue `{queue}`: use 1 to 128 ASCII letters, digits, `_` or `-`"
+        )));
+    }
+    let priority = options.priority.unwrap_or(0);
+    if priority > MAX_PRIORITY {
+        return Err(ClientError::InvalidOption(format!(
+            "priority {priority} is out of range: use 0 (lowest) to {MAX_PRIORITY} (highest)"
+        )));
+    }
+    if let Some(id) = &options.task_id
+        && (id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c == ' '))
+    {
+        return Err(ClientError::InvalidOption(format!(
+            "task id `{id}`: use 1 to 128 printable characters without spaces"
+        )));
+    }
+    for (name, value) in [
+        ("countdown", options.countdown),
+        ("expires", options.expires),
+        ("result_expires", options.result_expires),
+    ] {
+        if value.is_some_and(|value| value > MAX_DURATION) {
+            return Err(ClientError::InvalidOption(format!(
+                "{name} of {value:?} is too long: at most 10 years"
+            )));
+        }
+    }
+    if options.result_expires.is_some_and(|after| after.is_zero()) {
+        return Err(ClientError::InvalidOption(
+            "result_expires must be more than 0".into(),
+        ));
+    }
+    let now = now_ms();
+    if options
+        .eta_ms
+        .is_some_and(|eta| eta > now + MAX_DURATION.as_millis() as u64)
+    {
+        return Err(ClientError::InvalidOption(
+            "eta is more than 10 years away".into(),
+        ));
+    }
+    let eta_ms = match (options.countdown, options.eta_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ClientError::InvalidOption(
+                "give either a countdown or an ETA, not both".into(),
+            ));
+        }
+        (Some(delay), None) => Some(now + delay.as_millis() as u64),
+        (None, eta) => eta,
+    };
+    let message = TaskMessage {
+        id: options
+            .task_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        component: address.component,
+        digest: address.digest.map(|_| version.digest.clone()),
+        task: address.task,
+        args,
+        queue,
+        priority,
+        eta_ms,
+        expires_ms: options.expires.map(|after| now + after.as_millis() as u64),
+        max_retries: options.max_retries,
+        retry_backoff: options.retry_backoff,
+        limits: options.limits,
+        max_deliveries: options
+            .max_deliveries
+            .unwrap_or(DEFAULT_MAX_DELIVERIES)
+            .max(1),
+        result_expires_ms: options
+            .result_expires
+            .map_or(DEFAULT_RESULT_EXPIRES_MS, |after| after.as_millis() as u64),
+        created_ms: now,
+    };
+    Ok(NewTask {
+        message,
+        idempotency_key: options.idempotency_key,
+    })
 }
 
 /// Why [`AsyncResult::get`] has no output.
@@ -404,19 +442,19 @@ pub enum ResultError {
 
 /// A handle on a task's result, as Celery's `AsyncResult`.
 #[derive(Clone)]
-pub struct AsyncResult<B = AnyBroker> {
+pub struct AsyncResult<P = Endpoint> {
     id: String,
-    broker: B,
+    producer: P,
 }
 
-impl<B: Broker> AsyncResult<B> {
+impl<P: Producer> AsyncResult<P> {
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The full record (state, attempts, errors, metrics), if the task exists.
     pub async fn record(&self) -> Result<Option<TaskRecord>, broker::Error> {
-        self.broker.record(&self.id).await
+        self.producer.record(&self.id).await
     }
 
     /// The current state; PENDING for an unknown id, as in Celery.
@@ -437,10 +475,10 @@ impl<B: Broker> AsyncResult<B> {
         Ok(self.state().await? == State::Success)
     }
 
-    /// Waits (without polling) up to `timeout` for the task and returns its output.
+    /// Waits (without polling; over HTTP, by long polls of at most a minute) up to `timeout` for the task and returns its output.
     pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
         let id = self.id.clone();
-        let record = self.broker.wait(&self.id, timeout).await?;
+        let record = self.producer.wait(&self.id, timeout).await?;
         let record = record.ok_or_else(|| ResultError::Unknown { id: id.clone() })?;
         let error = || {
             record.error.clone().unwrap_or(TaskFailure {
@@ -462,6 +500,6 @@ impl<B: Broker> AsyncResult<B> {
 
     /// Revokes the task; with `terminate`, a running call is stopped at its next epoch tick.
     pub async fn revoke(&self, terminate: bool) -> Result<Revoked, broker::Error> {
-        self.broker.revoke(&self.id, terminate, now_ms()).await
+        self.producer.revoke(&self.id, terminate).await
     }
 }

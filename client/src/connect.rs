@@ -1,15 +1,21 @@
-//! One URL picks the broker: `redis://` / `rediss://` (optionally `?namespace=NAME`) talks to
-//! Redis; `memory://` is a fresh in-process broker. [`AnyBroker`] dispatches to either.
+//! One URL picks where tasks go: `redis://` / `rediss://` (optionally `?namespace=NAME`) talks
+//! to Redis; `memory://` is a fresh in-process broker; `http://` / `https://` is the service
+//! (`wtq serve`, `wtq up`). [`AnyBroker`] dispatches to either broker (what a worker needs);
+//! [`Endpoint`] to a broker or the service (what a producer needs).
 
 use std::future::Future;
 use std::time::Duration;
 
+use crate::api::EnqueueRequest;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{
     Broker, Delivery, Enqueued, Error, Lease, Mark, NewTask, Revoked, Settle, Settled,
 };
+use crate::client::ClientError;
+use crate::http::HttpApi;
 use crate::message::TaskRecord;
+use crate::producer::{self, ComponentCache};
 use crate::registry::{ComponentRecord, Upload};
 
 /// The namespace when the URL names none: every key is `wtq:{default}:…`.
@@ -20,6 +26,34 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum AnyBroker {
     Redis(RedisBroker),
     Memory(MemoryBroker),
+}
+
+/// Where a producer's calls go, chosen by URL.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// `redis://`, `rediss://`, `memory://`: the broker itself.
+    Broker(AnyBroker),
+    /// `http://`, `https://`: the service's API.
+    Http(HttpApi),
+}
+
+impl Endpoint {
+    /// Connects to what `url` names; `token` is the service's API token (a broker URL ignores
+    /// it, so one `WTQ_TOKEN` in the environment does not get in the way of Redis).
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Endpoint, Error> {
+        if is_http(url) {
+            Ok(Endpoint::Http(HttpApi::new(url, token)?))
+        } else {
+            Ok(Endpoint::Broker(connect(url).await?))
+        }
+    }
+}
+
+/// Whether `url` names the service (`http://`, `https://`) rather than a broker.
+pub fn is_http(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    })
 }
 
 /// Connects to the broker a URL names.
@@ -40,8 +74,10 @@ pub async fn connect(url: &str) -> Result<AnyBroker, Error> {
             ))
         }
         "memory" => Ok(AnyBroker::Memory(MemoryBroker::new())),
-        "http" | "https" => Err(bad("the HTTP service is not available yet; use redis://")),
-        _ => Err(bad("unknown scheme; use redis:// or rediss://")),
+        "http" | "https" => Err(bad(
+            "that is the service's API; this needs the broker itself: redis://HOST:PORT",
+        )),
+        _ => Err(bad("unknown scheme; use redis://, rediss:// or http(s)://")),
     }
 }
 
@@ -69,6 +105,77 @@ fn split_namespace(url: &str) -> Result<(String, String), String> {
         format!("{base}?{}", rest.join("&"))
     };
     Ok((base, namespace))
+}
+
+macro_rules! endpoint {
+    ($self:ident, $producer:ident => $call:expr) => {
+        async move {
+            match $self {
+                Endpoint::Broker($producer) => $call.await,
+                Endpoint::Http($producer) => $call.await,
+            }
+        }
+    };
+}
+
+// As for `AnyBroker` below: `async move` bodies so each delegated future is checked `Send`.
+// Calls name the trait: a broker is both a `Broker` and a `Producer`.
+#[allow(clippy::manual_async_fn)]
+impl producer::Producer for Endpoint {
+    fn enqueue_calls(
+        &self,
+        calls: Vec<EnqueueRequest>,
+        components: &ComponentCache,
+    ) -> impl Future<Output = Result<Vec<crate::broker::Enqueued>, ClientError>> + Send {
+        endpoint!(self, p => producer::Producer::enqueue_calls(p, calls, components))
+    }
+
+    fn record(&self, id: &str) -> impl Future<Output = Result<Option<TaskRecord>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::record(p, id))
+    }
+
+    fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<TaskRecord>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::wait(p, id, timeout))
+    }
+
+    fn revoke(
+        &self,
+        id: &str,
+        terminate: bool,
+    ) -> impl Future<Output = Result<Revoked, Error>> + Send {
+        endpoint!(self, p => producer::Producer::revoke(p, id, terminate))
+    }
+
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<usize, Error>> + Send {
+        endpoint!(self, p => producer::Producer::purge(p, queue))
+    }
+
+    fn dead(&self, limit: usize) -> impl Future<Output = Result<Vec<TaskRecord>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::dead(p, limit))
+    }
+
+    fn retry_dead(&self, id: Option<&str>) -> impl Future<Output = Result<usize, Error>> + Send {
+        endpoint!(self, p => producer::Producer::retry_dead(p, id))
+    }
+
+    fn purge_dead(&self) -> impl Future<Output = Result<usize, Error>> + Send {
+        endpoint!(self, p => producer::Producer::purge_dead(p))
+    }
+
+    fn components(&self) -> impl Future<Output = Result<Vec<ComponentRecord>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::components(p))
+    }
+
+    fn component(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ComponentRecord>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::component(p, name))
+    }
 }
 
 macro_rules! dispatch {
@@ -236,6 +343,38 @@ mod tests {
             Ok(("redis://h:1/0?protocol=resp3".into(), "a".into()))
         );
         assert!(split("redis://h:1?namespace=a{b}").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_scheme_picks_broker_or_service() {
+        for (url, http) in [
+            ("http://127.0.0.1:7878", true),
+            ("HTTPS://wtq.example.com", true),
+            ("memory://", false),
+        ] {
+            let endpoint = Endpoint::connect(url, Some("secret")).await.expect(url);
+            assert_eq!(matches!(endpoint, Endpoint::Http(_)), http, "{url}");
+        }
+        for url in ["redis://h:1", "rediss://h:1", "memory://"] {
+            assert!(!is_http(url), "{url}");
+        }
+        for bad in ["ftp://h", "127.0.0.1:7878", "http://", "http://h:99999"] {
+            let error = Endpoint::connect(bad, Some("secret"))
+                .await
+                .err()
+                .expect(bad);
+            assert!(matches!(error, Error::Url { .. }), "{bad}: {error}");
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_cannot_use_the_service() {
+        let error = connect("http://127.0.0.1:7878")
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("redis://"), "{error}");
     }
 
     #[tokio::test]

@@ -224,6 +224,9 @@ pub struct Attempt {
     pub error: Option<TaskFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// CPU time the guest call used (ms), for metering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

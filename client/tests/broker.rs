@@ -22,12 +22,16 @@ use wtq_client::broker::memory::MemoryBroker;
 use wtq_client::broker::redis::RedisBroker;
 use wtq_client::broker::{
     Broker, Delivery, Enqueued, Error, Lease, Mark, NewTask, Revoked, Settle, Settled, Settlement,
+    Tenancy,
 };
 use wtq_client::message::{
     Attempt, Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, Progress,
     State, TaskFailure, TaskMessage, TaskRecord,
 };
 use wtq_client::registry::{ComponentRecord, TaskInfo, Upload, Version};
+use wtq_client::tenancy::{
+    Quotas, Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of,
+};
 
 use redis_server::{Options, RedisServer};
 
@@ -98,6 +102,15 @@ both!(
     concurrent_workers_never_share_a_message,
     the_registry_keeps_every_version_newest_first,
     finished_records_expire_and_waiting_ones_do_not,
+);
+
+both!(
+    namespaces_are_isolated,
+    tenants_and_tokens_round_trip_and_tokens_revoke,
+    a_concurrency_cap_holds_across_workers,
+    the_rate_limiter_allows_a_burst_then_paces,
+    usage_counts_exactly_the_committed_settlements,
+    events_follow_a_tasks_lifecycle_in_order,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1480,6 +1493,490 @@ async fn finished_records_expire_and_waiting_ones_do_not(broker: impl Broker) {
 // Redis only
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Tenancy: namespaces, tenants and tokens, quotas, usage, events
+// ---------------------------------------------------------------------------------------------
+
+/// Two namespaces of one broker share nothing but the tenant registry; two handles on one
+/// namespace share everything.
+async fn namespaces_are_isolated(broker: impl Broker + Tenancy) {
+    let blue = broker.namespaced("blue").expect("namespace blue");
+    let again = broker.namespaced("blue").expect("namespace blue again");
+    let green = broker.namespaced("green").expect("namespace green");
+    for bad in ["", "a:b", "{x}", "a b", &"n".repeat(65)] {
+        assert!(broker.namespaced(bad).is_err(), "namespace {bad:?}");
+    }
+
+    let mut now = T0;
+    dead_letter_by_crashes(&blue, "poison", &mut now).await;
+    enqueue(&blue, [message("a"), message("b")], now).await;
+    blue.put_component(upload("math", '1', b"wasm", now))
+        .await
+        .expect("deploy");
+
+    assert_eq!(record(&again, "a").await.state, State::Pending);
+    assert_eq!(depth(&again, "default").await, 2);
+    assert_eq!(again.components().await.expect("components").len(), 1);
+    assert_eq!(dead_ids(&again, 10).await, ["poison"]);
+
+    for other in [&green, &broker] {
+        assert_eq!(other.record("a").await.expect("record"), None);
+        assert_eq!(depth(other, "default").await, 0);
+        assert!(reserve(other, &["default"], 10, now).await.is_empty());
+        assert_eq!(other.components().await.expect("components"), []);
+        assert_eq!(other.component("math").await.expect("component"), None);
+        assert!(dead_ids(other, 10).await.is_empty());
+        assert_eq!(other.retry_dead(None, now).await.expect("retry dead"), 0);
+        assert_eq!(other.purge("default", now).await.expect("purge"), 0);
+        assert_eq!(
+            other.revoke("a", false, now).await.expect("revoke"),
+            Revoked::Unknown
+        );
+    }
+    // The same id is free in another namespace.
+    enqueue(&green, [message("a")], now).await;
+
+    // Waiting and terminations are per namespace too, over the shared connections.
+    let mut blue_terminations = blue.terminations().await.expect("terminations");
+    let mut green_terminations = green.terminations().await.expect("terminations");
+    let a = one(reserve(&again, &["default"], 1, now).await);
+    assert_eq!(a.id, "a");
+    let waiter = tokio::spawn({
+        let blue = blue.namespaced("blue").expect("namespace blue");
+        async move { blue.wait("a", PROMPTLY * 5).await }
+    });
+    assert_eq!(
+        blue.revoke("a", true, now).await.expect("revoke"),
+        Revoked::Running { terminating: true }
+    );
+    let id = within(PROMPTLY, "the termination", blue_terminations.recv()).await;
+    assert_eq!(id.as_deref(), Some("a"));
+    assert!(!green.terminating("a").await.expect("terminating"));
+    finish(&blue, &a, "3", now + 1).await;
+    let done = within(PROMPTLY * 2, "the waiter", waiter)
+        .await
+        .expect("waiter task")
+        .expect("wait");
+    assert_eq!(done.map(|record| record.state), Some(State::Success));
+    assert_eq!(record(&green, "a").await.state, State::Pending);
+    assert!(
+        green_terminations.try_recv().is_err(),
+        "green heard blue's terminate"
+    );
+}
+
+fn tenant(name: &str, concurrency: Option<u32>) -> Tenant {
+    Tenant {
+        name: name.into(),
+        created_ms: T0,
+        quotas: Quotas {
+            concurrency,
+            rate: Some(Rate {
+                count: 100,
+                per_ms: 1_000,
+            }),
+            max_time_ms: Some(5_000),
+            ..Quotas::default()
+        },
+    }
+}
+
+fn token(id: &str, tenant: Option<&str>) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        tenant: tenant.map(String::from),
+        created_ms: T0,
+    }
+}
+
+/// The registry is global: every namespace's broker sees the same tenants and tokens.
+async fn tenants_and_tokens_round_trip_and_tokens_revoke(broker: impl Broker + Tenancy) {
+    let elsewhere = broker.namespaced("elsewhere").expect("namespace");
+    assert_eq!(broker.tenants().await.expect("tenants"), []);
+    assert_eq!(broker.tenant("acme").await.expect("tenant"), None);
+    broker
+        .put_tenant(&tenant("zeta", None))
+        .await
+        .expect("put zeta");
+    broker
+        .put_tenant(&tenant("acme", Some(4)))
+        .await
+        .expect("put acme");
+    assert_eq!(
+        elsewhere.tenant("acme").await.expect("tenant"),
+        Some(tenant("acme", Some(4)))
+    );
+    let replaced = Tenant {
+        quotas: Quotas::default(),
+        ..tenant("acme", None)
+    };
+    elsewhere.put_tenant(&replaced).await.expect("replace acme");
+    assert_eq!(
+        broker.tenants().await.expect("tenants"),
+        [replaced, tenant("zeta", None)]
+    );
+
+    assert_eq!(broker.tokens().await.expect("tokens"), []);
+    let hash = |n: u8| format!("{n:02x}").repeat(32);
+    broker
+        .put_token(&hash(2), &token("tok_b", Some("acme")))
+        .await
+        .expect("put token");
+    broker
+        .put_token(&hash(1), &token("tok_a", None))
+        .await
+        .expect("put admin token");
+    assert_eq!(
+        elsewhere.token(&hash(2)).await.expect("token"),
+        Some(token("tok_b", Some("acme")))
+    );
+    assert_eq!(broker.token(&hash(3)).await.expect("token"), None);
+    assert_eq!(
+        broker.tokens().await.expect("tokens"),
+        [token("tok_a", None), token("tok_b", Some("acme"))]
+    );
+    assert!(elsewhere.revoke_token("tok_b").await.expect("revoke"));
+    assert!(!broker.revoke_token("tok_b").await.expect("revoke again"));
+    assert!(
+        !broker
+            .revoke_token("tok_zzz")
+            .await
+            .expect("revoke unknown")
+    );
+    assert_eq!(broker.token(&hash(2)).await.expect("token"), None);
+    assert_eq!(
+        broker.tokens().await.expect("tokens"),
+        [token("tok_a", None)]
+    );
+}
+
+/// A tenant capped at 2 never has more than 2 tasks leased, however many workers ask and
+/// however much is queued; the cap frees as tasks settle, and can be changed or lifted.
+async fn a_concurrency_cap_holds_across_workers(broker: impl Broker + Tenancy) {
+    broker
+        .put_tenant(&tenant("acme", Some(2)))
+        .await
+        .expect("put tenant");
+    let acme = broker
+        .namespaced(&namespace_of("acme"))
+        .expect("acme's namespace");
+    let other = broker.namespaced("uncapped").expect("namespace");
+    let ids: Vec<String> = (0..6).map(|n| format!("t{n}")).collect();
+    enqueue(&acme, ids.iter().map(|id| message(id)), T0).await;
+    enqueue(&other, ids.iter().map(|id| message(id)), T0).await;
+
+    let take = |worker: &'static str, max: usize, now: u64| {
+        let acme = &acme;
+        async move {
+            acme.reserve(worker, &queues(&["default"]), max, LEASE_MS, now)
+                .await
+                .expect("reserve")
+        }
+    };
+    let first = take("worker-1", 10, T0).await;
+    assert_eq!(ids_of(&first), ["t0", "t1"]);
+    assert!(take("worker-2", 10, T0).await.is_empty(), "over the cap");
+    assert!(take("worker-1", 1, T0).await.is_empty(), "over the cap");
+    // Another namespace is not capped by acme's quota.
+    assert_eq!(reserve(&other, &["default"], 10, T0).await.len(), 6);
+
+    finish(&acme, &first[0], "ok", T0 + 1).await;
+    let second = take("worker-2", 10, T0 + 1).await;
+    assert_eq!(ids_of(&second), ["t2"], "one slot freed");
+    assert!(take("worker-1", 10, T0 + 1).await.is_empty());
+
+    // A released or retried lease frees its slot too.
+    assert_eq!(
+        settle(&acme, &second[0], Settlement::Release, T0 + 2).await,
+        Settled::Committed
+    );
+    assert_eq!(ids_of(&take("worker-1", 10, T0 + 2).await), ["t2"]);
+
+    // Raising the cap lets more through at once; lifting it, everything.
+    broker
+        .put_tenant(&tenant("acme", Some(3)))
+        .await
+        .expect("raise cap");
+    assert_eq!(ids_of(&take("worker-2", 10, T0 + 3).await), ["t3"]);
+    assert!(take("worker-2", 10, T0 + 3).await.is_empty());
+    broker
+        .put_tenant(&tenant("acme", None))
+        .await
+        .expect("lift cap");
+    assert_eq!(ids_of(&take("worker-2", 10, T0 + 4).await), ["t4", "t5"]);
+}
+
+fn ids_of(deliveries: &[Delivery]) -> Vec<&str> {
+    ids(deliveries)
+}
+
+/// GCRA at 3 a minute: a burst of 3, then one every 20 s; a refusal takes nothing and says
+/// when to come back. (A minute, not a second: Redis expires an idle bucket in real time, and
+/// a story must not depend on how fast it runs.)
+async fn the_rate_limiter_allows_a_burst_then_paces(broker: impl Broker + Tenancy) {
+    let rate = Rate {
+        count: 3,
+        per_ms: 60_000,
+    };
+    let take = |n: u32, now: u64| {
+        let broker = &broker;
+        async move {
+            broker
+                .take_rate("enqueue", rate, n, now)
+                .await
+                .expect("take_rate")
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(take(1, T0 + i).await, RateDecision::Allowed, "#{i}");
+    }
+    // The 3 were taken at T0..T0+2, one every 20 s: the next fits at T0 + 20 s.
+    let limited = take(1, T0 + 10_000).await;
+    assert_eq!(
+        limited,
+        RateDecision::Limited {
+            retry_after_ms: 10_000
+        }
+    );
+    assert_eq!(
+        take(1, T0 + 19_999).await,
+        RateDecision::Limited { retry_after_ms: 1 }
+    );
+    assert_eq!(take(1, T0 + 20_000).await, RateDecision::Allowed);
+    assert!(matches!(
+        take(1, T0 + 20_000).await,
+        RateDecision::Limited { .. }
+    ));
+    // More than is free is refused whole, and takes nothing: 2 need 40 s more.
+    assert_eq!(
+        take(2, T0 + 40_000).await,
+        RateDecision::Limited {
+            retry_after_ms: 20_000
+        }
+    );
+    assert_eq!(take(1, T0 + 40_000).await, RateDecision::Allowed);
+    // Buckets are per name and per namespace.
+    assert_eq!(
+        broker
+            .take_rate("deploy", rate, 3, T0 + 40_000)
+            .await
+            .expect("take_rate"),
+        RateDecision::Allowed
+    );
+    let elsewhere = broker.namespaced("elsewhere").expect("namespace");
+    assert_eq!(
+        elsewhere
+            .take_rate("enqueue", rate, 3, T0 + 40_000)
+            .await
+            .expect("take_rate"),
+        RateDecision::Allowed
+    );
+    // Idle for a period: a full burst again, and no more.
+    let later = T0 + 200_000;
+    assert_eq!(take(3, later).await, RateDecision::Allowed);
+    assert!(matches!(take(1, later).await, RateDecision::Limited { .. }));
+}
+
+/// An attempt that reports fuel, CPU time and memory × time.
+fn metered(delivery: &Delivery, state: State, now: u64) -> Attempt {
+    Attempt {
+        state,
+        duration_ms: Some(10.0),
+        cpu_ms: Some(2.5),
+        fuel: Some(1_000),
+        peak_memory: Some(2 << 20),
+        ..succeeded(delivery, "1", now)
+    }
+}
+
+/// Usage counts each committed settlement once, in the same step; stale settlements and
+/// releases count nothing.
+async fn usage_counts_exactly_the_committed_settlements(broker: impl Broker + Tenancy) {
+    let acme = broker.namespaced("acme").expect("namespace");
+    assert_eq!(acme.usage().await.expect("usage"), Usage::default());
+    enqueue(&acme, [message("a"), message("b"), message("c")], T0).await;
+    let [a, b, c] = <[Delivery; 3]>::try_from(reserve(&acme, &["default"], 3, T0).await)
+        .expect("three deliveries");
+
+    let settles = vec![
+        Settle {
+            lease: lease(&a),
+            settlement: Settlement::Finish(metered(&a, State::Success, T0 + 1)),
+        },
+        Settle {
+            lease: lease(&b),
+            settlement: Settlement::Retry {
+                attempt: metered(&b, State::Retry, T0 + 1),
+                eta_ms: T0 + 1,
+            },
+        },
+        Settle {
+            lease: lease(&c),
+            settlement: Settlement::Release,
+        },
+        // Stale: `a` was just settled.
+        Settle {
+            lease: lease(&a),
+            settlement: Settlement::Finish(metered(&a, State::Success, T0 + 1)),
+        },
+    ];
+    let settled = acme.settle(settles, T0 + 1).await.expect("settle");
+    assert_eq!(
+        settled,
+        [
+            Settled::Committed,
+            Settled::Committed,
+            Settled::Committed,
+            Settled::Stale
+        ]
+    );
+    // 2 attempts ran: 2 × (1000 fuel, 2500 µs CPU, 2048 KiB × 10 ms); 1 task is final.
+    let after_first = Usage {
+        tasks: 1,
+        attempts: 2,
+        fuel: 2_000,
+        cpu_us: 5_000,
+        memory_kib_ms: 40_960,
+    };
+    assert_eq!(acme.usage().await.expect("usage"), after_first);
+
+    let again = reserve(&acme, &["default"], 3, T0 + 2).await;
+    let (b2, c2) = match again.as_slice() {
+        [first, second] if first.id == "b" => (first.clone(), second.clone()),
+        [first, second] => (second.clone(), first.clone()),
+        other => panic!("expected b and c again, got {:?}", ids(other)),
+    };
+    let late = settle(
+        &acme,
+        &b,
+        Settlement::Finish(metered(&b, State::Success, T0 + 3)),
+        T0 + 3,
+    )
+    .await;
+    assert_eq!(late, Settled::Stale, "b's first lease ended with its retry");
+    assert_eq!(acme.usage().await.expect("usage"), after_first);
+
+    let failed = Attempt {
+        fuel: Some(5),
+        cpu_ms: None,
+        peak_memory: None,
+        ..failed(&b2, "boom", T0 + 3)
+    };
+    assert_eq!(
+        settle(&acme, &b2, Settlement::Finish(failed), T0 + 3).await,
+        Settled::Committed
+    );
+    let dead = Settlement::DeadLetter(failure("unknown_component", "no such component"));
+    assert_eq!(settle(&acme, &c2, dead, T0 + 3).await, Settled::Committed);
+    assert_eq!(
+        acme.usage().await.expect("usage"),
+        Usage {
+            tasks: 3,
+            attempts: 3,
+            fuel: 2_005,
+            ..after_first
+        }
+    );
+    assert_eq!(broker.usage().await.expect("usage"), Usage::default());
+}
+
+/// Receives the next task event, promptly.
+async fn next_event(events: &mut tokio::sync::mpsc::Receiver<TaskEvent>) -> (String, State, u64) {
+    let event = within(PROMPTLY, "the next task event", events.recv())
+        .await
+        .expect("the events channel closed");
+    (event.id, event.state, event.at_ms)
+}
+
+/// Every state change is an event, in order, with the time of the call that made it; other
+/// namespaces' changes are not.
+async fn events_follow_a_tasks_lifecycle_in_order(broker: impl Broker + Tenancy) {
+    let acme = broker.namespaced("acme").expect("namespace");
+    let other = broker.namespaced("other").expect("namespace");
+    let mut events = acme.events().await.expect("events");
+    let mut now = T0;
+    let expect = |id: &str, state: State, at: u64| (id.to_string(), state, at);
+
+    enqueue(&other, [message("elsewhere")], now).await;
+    enqueue(&acme, [message("a"), message("b")], now).await;
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Pending, now)
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("b", State::Pending, now)
+    );
+
+    now += 1;
+    let first = one(reserve(&acme, &["default"], 1, now).await);
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Received, now)
+    );
+    mark(&acme, &first, State::Started, None, now + 1).await;
+    mark(
+        &acme,
+        &first,
+        State::Progress,
+        Some(progress(1, 2)),
+        now + 2,
+    )
+    .await;
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Started, now + 1)
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Progress, now + 2)
+    );
+
+    now += 10;
+    let retry = Settlement::Retry {
+        attempt: failed(&first, "again", now),
+        eta_ms: now,
+    };
+    assert_eq!(settle(&acme, &first, retry, now).await, Settled::Committed);
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Retry, now)
+    );
+
+    now += 1;
+    let second = one(reserve(&acme, &["default"], 1, now).await);
+    assert_eq!(second.id, "a");
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Received, now)
+    );
+    assert_eq!(
+        acme.revoke("b", false, now).await.expect("revoke"),
+        Revoked::Revoked
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("b", State::Revoked, now)
+    );
+    finish(&acme, &second, "3", now + 5).await;
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("a", State::Success, now + 5)
+    );
+
+    // A stale settlement and another namespace's work are silent: the next event is this
+    // one's (events of one broker arrive in the order they were published).
+    settle(&acme, &first, Settlement::Release, now + 6).await;
+    let elsewhere = one(reserve(&other, &["default"], 1, now + 6).await);
+    finish(&other, &elsewhere, "x", now + 6).await;
+    enqueue(&acme, [message("z")], now + 7).await;
+    assert_eq!(
+        next_event(&mut events).await,
+        expect("z", State::Pending, now + 7)
+    );
+    assert!(events.try_recv().is_err(), "no event after the last");
+}
+
 mod redis_only {
     use super::*;
 
@@ -1776,6 +2273,54 @@ mod redis_only {
         }
     }
 
+    /// The tenancy stories leave keys only under `wtq:{<namespace>}:` and in the two global
+    /// registry hashes, `wtq:tenants` and `wtq:tokens` (each story on its own server: they
+    /// reuse namespace names).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenancy_keys_stay_in_namespaces_but_the_registry() {
+        let mut seen = Vec::new();
+        macro_rules! on_own_server {
+            ($($story:ident),* $(,)?) => {$(
+                let server = RedisServer::start();
+                super::$story(connect(&server, "root").await).await;
+                seen.extend(server.keys());
+            )*};
+        }
+        on_own_server!(
+            namespaces_are_isolated,
+            tenants_and_tokens_round_trip_and_tokens_revoke,
+            a_concurrency_cap_holds_across_workers,
+            the_rate_limiter_allows_a_burst_then_paces,
+            usage_counts_exactly_the_committed_settlements,
+            events_follow_a_tasks_lifecycle_in_order,
+        );
+        let namespaced = |key: &str| {
+            key.strip_prefix("wtq:{")
+                .and_then(|rest| rest.split_once("}:"))
+                .is_some_and(|(namespace, rest)| {
+                    !namespace.is_empty()
+                        && !rest.is_empty()
+                        && namespace
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                })
+        };
+        let stray: Vec<&String> = seen
+            .iter()
+            .filter(|key| !namespaced(key) && *key != "wtq:tenants" && *key != "wtq:tokens")
+            .collect();
+        assert!(stray.is_empty(), "keys outside the layout: {stray:?}");
+        for expected in [
+            "wtq:tenants",
+            "wtq:tokens",
+            "wtq:{acme}:usage",
+            "wtq:{root}:rate:enqueue",
+            "wtq:{acme}:events-watched",
+        ] {
+            assert!(seen.iter().any(|key| key == expected), "no {expected}");
+        }
+    }
+
     async fn broker_revoke(broker: &RedisBroker, id: &str) -> Revoked {
         broker.revoke(id, false, T0 + 1).await.expect("revoke")
     }
@@ -1902,6 +2447,7 @@ fn succeeded(delivery: &Delivery, output: &str, now: u64) -> Attempt {
         error: None,
         duration_ms: Some((now - delivery.received_ms) as f64),
         fuel: Some(1_000),
+        cpu_ms: None,
         peak_memory: Some(65_536),
         log: "ran\n".into(),
     }

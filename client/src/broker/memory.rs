@@ -7,6 +7,11 @@
 //! whose expiry has passed, on the next call that carries a time (and lazily on reads).
 //! Waiting (`wait`, `wait_for_work`) is woken by [`Notify`], never by polling.
 //!
+//! Namespaces: [`MemoryBroker::new`] makes a universe (namespaces plus the global tenant and
+//! token registry) and a broker for its default namespace; [`Tenancy::namespaced`] reaches
+//! another namespace of the same universe, whose store is its own (its own mutex, too), so
+//! namespaces are as isolated as they are in Redis.
+//!
 //! Not here: persistence (a restart loses everything, as `wtq up` documents) and the Redis
 //! wire format (messages are kept decoded, so a delivery's message is always `Ok`).
 //!
@@ -19,20 +24,26 @@ use std::time::Duration;
 use futures_util::future::select_all;
 use tokio::sync::{Notify, mpsc};
 
+use super::tenancy::{GcraStep, Metered, gcra, invalid_namespace};
 use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
-    Settled, Settlement,
+    Settled, Settlement, Tenancy,
 };
+use crate::connect::DEFAULT_NAMESPACE;
 use crate::message::{
     Attempt, MAX_PRIORITY, Progress, State, TaskFailure, TaskMessage, TaskRecord,
 };
 use crate::registry::{ComponentRecord, Upload};
+use crate::tenancy::{Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of};
 
 /// Ids a worker's termination channel holds before further requests are dropped (with a
 /// warning). A worker drains it continuously, and it also checks [`Broker::terminating`] at
 /// each delivery, so a dropped request is only lost for a task already running through a
 /// flood of a thousand others.
 const TERMINATION_BUFFER: usize = 1024;
+/// Events an `events()` receiver holds before further ones are dropped (with a warning), as
+/// the Redis broker does: a slow watcher must not hold the broker.
+const EVENTS_BUFFER: usize = 4096;
 
 /// Failure kinds the broker itself assigns (the sandbox's kinds come from the worker).
 const KIND_EXPIRED: &str = "expired";
@@ -40,15 +51,61 @@ const KIND_REVOKED: &str = "revoked";
 const KIND_PURGED: &str = "purged";
 const KIND_DEAD_LETTERED: &str = "dead_lettered";
 
-/// The in-memory broker. Clones share one store.
-#[derive(Debug, Clone, Default)]
+/// The in-memory broker of one namespace. Clones share one store; [`Tenancy::namespaced`]
+/// brokers share the universe.
+#[derive(Debug, Clone)]
 pub struct MemoryBroker {
+    universe: Arc<Universe>,
     store: Arc<Mutex<Store>>,
 }
 
+/// Everything brokers made from one [`MemoryBroker::new`] share: what Redis holds for all
+/// namespaces.
+#[derive(Debug, Default)]
+struct Universe {
+    /// Namespace → its store, created on first use and kept (namespaces are tenants: few).
+    namespaces: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
+    /// The global tenant and token registry (`wtq:tenants`, `wtq:tokens` in Redis).
+    registry: Mutex<Registry>,
+}
+
+impl Universe {
+    /// The store of `namespace`. Never called with a store's lock held: the universe's lock
+    /// is taken alone, so the two can never be taken in opposite orders.
+    fn namespace(&self, namespace: &str) -> Arc<Mutex<Store>> {
+        let mut namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(namespaces.entry(namespace.to_string()).or_default())
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Poisoning is ignored for the reason given at `MemoryBroker::lock`.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Tenants and tokens.
+#[derive(Debug, Default)]
+struct Registry {
+    tenants: BTreeMap<String, Tenant>,
+    /// Token hash → record.
+    tokens: HashMap<String, TokenRecord>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> MemoryBroker {
+        MemoryBroker::new()
+    }
+}
+
 impl MemoryBroker {
+    /// A new, empty universe, and its default namespace's broker.
     pub fn new() -> MemoryBroker {
-        MemoryBroker::default()
+        let universe = Arc::new(Universe::default());
+        let store = universe.namespace(DEFAULT_NAMESPACE);
+        MemoryBroker { universe, store }
     }
 
     /// The store, for one short synchronous section: the guard is never held across an await
@@ -241,6 +298,14 @@ struct Store {
     components: BTreeMap<String, ComponentRecord>,
     /// Digest → gzip-compressed component bytes.
     blobs: HashMap<String, Vec<u8>>,
+    /// Most tasks leased at once in this namespace (`quota` `concurrency` in Redis).
+    concurrency: Option<u32>,
+    usage: Usage,
+    /// Rate bucket → GCRA theoretical arrival time (Unix µs). Buckets are few (one per kind of
+    /// limited action); a bucket whose time has passed is as good as absent and is dropped.
+    rates: HashMap<String, u64>,
+    /// One sender per `events()` subscriber; closed ones are dropped on the next event.
+    watchers: Vec<mpsc::Sender<TaskEvent>>,
 }
 
 impl Store {
@@ -326,6 +391,7 @@ impl Store {
             terminating: self.terminating.contains(id),
             received_ms: now_ms,
         };
+        self.event(id, State::Received, now_ms);
         self.move_to(
             id,
             Slot::Leased {
@@ -350,6 +416,7 @@ impl Store {
         self.move_to(id, Slot::Finished { expires_ms });
         self.terminating.remove(id);
         finished.notify_waiters();
+        self.event(id, state, now_ms);
     }
 
     /// Dead-letters a task: FAILURE with `error`, kept until retried or purged.
@@ -366,14 +433,42 @@ impl Store {
         self.move_to(id, Slot::Dead { order });
         self.terminating.remove(id);
         finished.notify_waiters();
+        self.event(id, State::Failure, now_ms);
     }
 
     /// Puts a task back in its ready queue at its original place, waiting (PENDING).
-    fn requeue(&mut self, id: &str) {
+    fn requeue(&mut self, id: &str, now_ms: u64) {
         if let Some(task) = self.tasks.get_mut(id) {
             task.state = State::Pending;
             self.move_to(id, Slot::Ready);
+            self.event(id, State::Pending, now_ms);
         }
+    }
+
+    /// Tells every `events()` subscriber that `id` is now in `state`, dropping closed ones.
+    fn event(&mut self, id: &str, state: State, at_ms: u64) {
+        // The common case, nobody watching, costs this check only.
+        if self.watchers.is_empty() {
+            return;
+        }
+        let event = TaskEvent {
+            id: id.to_string(),
+            state,
+            at_ms,
+        };
+        self.watchers
+            .retain(|watcher| match watcher.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        task = id,
+                        state = state.as_str(),
+                        "a task-event watcher is not keeping up; dropped an event"
+                    );
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 
     /// Queues a new task, or refuses a used id.
@@ -429,6 +524,7 @@ impl Store {
         };
         self.index.insert(&id, &task);
         self.tasks.insert(id.clone(), task);
+        self.event(&id, State::Pending, now_ms);
         Ok(Enqueued { id, created: true })
     }
 
@@ -438,6 +534,14 @@ impl Store {
             return Settled::Stale;
         }
         let id = lease.id.as_str();
+        // Committed from here on: metered in the same step, as the Redis script does.
+        let metered = Metered::of(&settlement);
+        let usage = &mut self.usage;
+        usage.tasks = usage.tasks.saturating_add(metered.tasks);
+        usage.attempts = usage.attempts.saturating_add(metered.attempts);
+        usage.fuel = usage.fuel.saturating_add(metered.fuel);
+        usage.cpu_us = usage.cpu_us.saturating_add(metered.cpu_us);
+        usage.memory_kib_ms = usage.memory_kib_ms.saturating_add(metered.memory_kib_ms);
         match settlement {
             Settlement::Finish(attempt) => {
                 let (state, error) = (attempt.state, attempt.error.clone());
@@ -463,12 +567,13 @@ impl Store {
                     Slot::Ready
                 };
                 self.move_to(id, slot);
+                self.event(id, State::Retry, now_ms);
             }
             Settlement::Release => {
                 if let Some(task) = self.tasks.get_mut(id) {
                     task.deliveries = task.deliveries.saturating_sub(1);
                 }
-                self.requeue(id);
+                self.requeue(id, now_ms);
             }
             Settlement::DeadLetter(failure) => self.bury(id, failure, now_ms),
         }
@@ -522,6 +627,12 @@ impl Broker for MemoryBroker {
         for queue in queues {
             store.promote(queue, now_ms);
         }
+        // The namespace's concurrency cap counts every lease, of every worker; expired leases
+        // not yet reaped count too, as their task may still be running.
+        let max = match store.concurrency {
+            Some(cap) => max.min((cap as usize).saturating_sub(store.index.leases.len())),
+            None => max,
+        };
         let mut deliveries = Vec::new();
         for queue in queues {
             while deliveries.len() < max {
@@ -599,6 +710,7 @@ impl Broker for MemoryBroker {
                     task.progress = Some(progress.clone());
                 }
             }
+            store.event(&mark.lease.id, mark.state, mark.at_ms);
         }
         Ok(())
     }
@@ -636,7 +748,7 @@ impl Broker for MemoryBroker {
                 );
                 store.bury(id, error, now_ms);
             } else {
-                store.requeue(id);
+                store.requeue(id, now_ms);
             }
         }
         Ok(expired.len())
@@ -779,7 +891,7 @@ impl Broker for MemoryBroker {
                 task.progress = None;
                 task.finished_ms = None;
             }
-            store.requeue(id);
+            store.requeue(id, now_ms);
         }
         Ok(ids.len())
     }
@@ -836,6 +948,98 @@ impl Broker for MemoryBroker {
 
     async fn depth(&self, queue: &str) -> Result<usize, Error> {
         Ok(self.lock().index.depth(queue))
+    }
+}
+
+impl Tenancy for MemoryBroker {
+    fn namespaced(&self, namespace: &str) -> Result<MemoryBroker, Error> {
+        // The same rule as Redis keys, so a namespace works on both brokers or on neither.
+        if !super::redis::valid_namespace(namespace) {
+            return Err(invalid_namespace(namespace));
+        }
+        Ok(MemoryBroker {
+            universe: Arc::clone(&self.universe),
+            store: self.universe.namespace(namespace),
+        })
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        let namespace = namespace_of(&tenant.name);
+        let store = self.namespaced(&namespace)?.store;
+        self.universe
+            .registry()
+            .tenants
+            .insert(tenant.name.clone(), tenant.clone());
+        store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .concurrency = tenant.quotas.concurrency;
+        Ok(())
+    }
+
+    async fn tenant(&self, name: &str) -> Result<Option<Tenant>, Error> {
+        Ok(self.universe.registry().tenants.get(name).cloned())
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
+        Ok(self.universe.registry().tenants.values().cloned().collect())
+    }
+
+    async fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), Error> {
+        self.universe
+            .registry()
+            .tokens
+            .insert(hash.to_string(), record.clone());
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, Error> {
+        Ok(self.universe.registry().tokens.get(hash).cloned())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let mut tokens: Vec<TokenRecord> =
+            self.universe.registry().tokens.values().cloned().collect();
+        tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(tokens)
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
+        let mut registry = self.universe.registry();
+        let before = registry.tokens.len();
+        registry.tokens.retain(|_, record| record.id != id);
+        Ok(registry.tokens.len() < before)
+    }
+
+    async fn take_rate(
+        &self,
+        bucket: &str,
+        rate: Rate,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<RateDecision, Error> {
+        let mut store = self.lock();
+        let now_us = now_ms.saturating_mul(1000);
+        // What Redis's PEXPIRE does to idle buckets.
+        store.rates.retain(|_, tat_us| *tat_us > now_us);
+        let stored = store.rates.get(bucket).copied();
+        Ok(match gcra(stored, rate, n, now_ms) {
+            GcraStep::Allowed { tat_us, .. } => {
+                store.rates.insert(bucket.to_string(), tat_us);
+                RateDecision::Allowed
+            }
+            GcraStep::Limited { retry_after_ms } => RateDecision::Limited { retry_after_ms },
+        })
+    }
+
+    async fn usage(&self) -> Result<Usage, Error> {
+        Ok(self.lock().usage)
+    }
+
+    async fn events(&self) -> Result<mpsc::Receiver<TaskEvent>, Error> {
+        let (sender, receiver) = mpsc::channel(EVENTS_BUFFER);
+        self.lock().watchers.push(sender);
+        Ok(receiver)
     }
 }
 
@@ -919,6 +1123,7 @@ mod tests {
             error: None,
             duration_ms: None,
             fuel: None,
+            cpu_ms: None,
             peak_memory: None,
             log: String::new(),
         }

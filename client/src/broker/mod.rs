@@ -17,6 +17,9 @@
 
 pub mod memory;
 pub mod redis;
+mod tenancy;
+
+pub use tenancy::Tenancy;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,6 +47,25 @@ pub enum Error {
     Corrupt(String),
     #[error("invalid broker URL `{url}`: {reason}")]
     Url { url: String, reason: String },
+    /// The service did not answer (connection refused, timeout) or answered 503.
+    #[error("cannot reach the wtq service at {url}: {message}")]
+    ServiceUnreachable { url: String, message: String },
+    /// 401 or 403 `forbidden`: the token is missing, unknown, revoked, or not for this route.
+    #[error("the wtq service at {url} refused the request: {message}")]
+    Denied { url: String, message: String },
+    /// 429: the tenant's enqueue rate is used up for now.
+    #[error("rate limited (retry in {}s): {message}", .retry_after.as_secs().max(1))]
+    RateLimited {
+        retry_after: Duration,
+        message: String,
+    },
+    /// The service refused the request itself (400, 403 for a quota, 409, 413); `kind` is the
+    /// body's stable error kind, `message` says what to do.
+    #[error("{message}")]
+    Rejected { kind: String, message: String },
+    /// The service failed (5xx other than 503) or sent a reply this client cannot read.
+    #[error("the wtq service at {url} failed: {message}")]
+    Service { url: String, message: String },
 }
 
 /// A message to enqueue.

@@ -174,7 +174,18 @@ impl RedisServer {
 
     /// Sends one command on a fresh connection and returns its reply.
     pub fn try_command(&self, args: &[&str]) -> std::io::Result<Reply> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        Self::try_command_on(self.port, args)
+    }
+
+    /// Sends one command to the server on `port` (for a thread that cannot borrow it).
+    pub fn command_on(port: u16, args: &[&str]) -> Reply {
+        Self::try_command_on(port, args).unwrap_or_else(|error| {
+            panic!("redis-server on port {port} did not answer {args:?}: {error}")
+        })
+    }
+
+    fn try_command_on(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
         let mut writer = stream.try_clone()?;

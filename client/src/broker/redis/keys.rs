@@ -21,14 +21,32 @@
 //! | `fence`               | string | counter: fencing tokens                                 |
 //! | `registry`            | hash   | component name → `ComponentRecord` JSON                 |
 //! | `blob:<digest>`       | string | gzip-compressed component bytes                         |
+//! | `quota`               | hash   | the namespace's caps: `concurrency` (absent: uncapped)  |
+//! | `usage`               | hash   | metered usage: `tasks`, `attempts`, `fuel`, `cpu_us`,   |
+//! |                       |        | `memory_kib_ms` (absent: 0)                             |
+//! | `rate:<bucket>`       | string | GCRA theoretical arrival time (Unix µs), with a TTL     |
+//! | `events-watched`      | string | present (with a TTL) while someone watches `events`     |
 //!
 //! Pub/sub channels (not keys, but named the same way): `done:<id>` (a task became final),
-//! `work:<queue>` (a message may be ready there), `terminate` (payload: a task id).
+//! `work:<queue>` (a message may be ready there), `terminate` (payload: a task id), `events`
+//! (payload: `TaskEvent` JSON; published only while `events-watched` exists).
+//!
+//! The only keys outside a namespace, shared by all of them (the tenant registry of the hosted
+//! service; see `broker::tenancy`):
+//!
+//! | key           | type | holds                                                      |
+//! |---------------|------|------------------------------------------------------------|
+//! | `wtq:tenants` | hash | tenant name → `Tenant` JSON                                |
+//! | `wtq:tokens`  | hash | SHA-256 hex of an API token → `TokenRecord` JSON           |
 
 use crate::message::MAX_PRIORITY;
 
 /// The first part of every key.
 const ROOT: &str = "wtq";
+/// The tenant registry: name → `Tenant` JSON. Global: tenants are not in any one namespace.
+pub const TENANTS: &str = "wtq:tenants";
+/// The token registry: token hash → `TokenRecord` JSON. Global, as a token names its tenant.
+pub const TOKENS: &str = "wtq:tokens";
 /// Longest namespace accepted: namespaces appear in every key, so they stay short.
 pub const MAX_NAMESPACE_LEN: usize = 64;
 /// Bits of the ready score left to the enqueue sequence number below the priority rank. 2^44
@@ -77,14 +95,19 @@ pub struct Keys {
     prefix: String,
 }
 
+/// Whether `namespace` may name a namespace: it goes inside the braces of every key, so only
+/// characters that cannot end the hash tag or a key part.
+pub fn valid_namespace(namespace: &str) -> bool {
+    !namespace.is_empty()
+        && namespace.len() <= MAX_NAMESPACE_LEN
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 impl Keys {
     pub fn new(namespace: &str) -> Result<Keys, InvalidNamespace> {
-        let valid = !namespace.is_empty()
-            && namespace.len() <= MAX_NAMESPACE_LEN
-            && namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid {
+        if !valid_namespace(namespace) {
             return Err(InvalidNamespace(namespace.to_string()));
         }
         Ok(Keys {
@@ -139,6 +162,31 @@ impl Keys {
 
     pub fn blob(&self, digest: &str) -> String {
         self.key(&format!("blob:{digest}"))
+    }
+
+    /// The namespace's caps (field `concurrency`, read by the reserve script).
+    pub fn quota(&self) -> String {
+        self.key("quota")
+    }
+
+    /// The namespace's usage counters, incremented by the settle script.
+    pub fn usage(&self) -> String {
+        self.key("usage")
+    }
+
+    /// A rate limiter's bucket.
+    pub fn rate(&self, bucket: &str) -> String {
+        self.key(&format!("rate:{bucket}"))
+    }
+
+    /// Present while someone watches the namespace's events; the scripts publish only then.
+    pub fn events_watched(&self) -> String {
+        self.key("events-watched")
+    }
+
+    /// Published (by the scripts, while watched) at every state change; payload `TaskEvent`.
+    pub fn events_channel(&self) -> String {
+        self.key("events")
     }
 
     /// Published (by the scripts) when the task becomes final (a finish: if it is watched).
@@ -201,6 +249,11 @@ mod tests {
         check(keys.done_channel("x"), "wtq:{blue}:done:x");
         check(keys.work_channel("high"), "wtq:{blue}:work:high");
         check(keys.terminate_channel(), "wtq:{blue}:terminate");
+        check(keys.quota(), "wtq:{blue}:quota");
+        check(keys.usage(), "wtq:{blue}:usage");
+        check(keys.rate("enqueue"), "wtq:{blue}:rate:enqueue");
+        check(keys.events_watched(), "wtq:{blue}:events-watched");
+        check(keys.events_channel(), "wtq:{blue}:events");
         // A brace in an id cannot move a key to another slot: only the first `{...}` counts.
         check(keys.task("{x}"), "wtq:{blue}:task:{x}");
         assert_eq!(keys.prefix(), "wtq:{blue}:");

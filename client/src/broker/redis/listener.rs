@@ -1,6 +1,7 @@
-//! The Redis broker's one pub/sub connection, shared by every waiter of a [`RedisBroker`]:
-//! `wait` (channel `done:<id>`), `wait_for_work` (`work:<queue>`) and `terminations`
-//! (`terminate`).
+//! The Redis broker's one pub/sub connection, shared by every waiter of a [`RedisBroker`] and
+//! of the brokers of other namespaces made from it: `wait` (channel `done:<id>`),
+//! `wait_for_work` (`work:<queue>`), `terminations` (`terminate`) and `events` (`events`).
+//! Channels are full names (`wtq:{<namespace>}:…`), so each waiter hears only its namespace.
 //!
 //! A waiter registers first ([`Listener::watch`] returns once Redis confirmed the
 //! subscription), then reads the state it waits on, then awaits its [`Watch`]: a message
@@ -9,9 +10,14 @@
 //! resubscribes (spurious wake-ups, which every waiter tolerates by reading the state again)
 //! and forwards the ids of the `terminating` set again.
 //!
+//! Task events are published by the scripts only while the namespace's `events-watched` key
+//! exists; the listener sets it when someone subscribes and refreshes its TTL while anyone
+//! still listens, so a crashed watcher's namespace stops paying for PUBLISH soon after.
+//!
 //! One background task owns the connection: it reconnects with backoff, pings so that a dead
 //! connection is noticed, and unsubscribes from channels nobody waits on any more. It starts
-//! at the first watch and stops when the last broker clone is dropped.
+//! at the first watch and stops when the last broker sharing it (any clone, any namespace) is
+//! dropped.
 //!
 //! [`RedisBroker`]: super::RedisBroker
 
@@ -23,6 +29,8 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::tenancy::TaskEvent;
+
 /// How long one connection attempt, or one SUBSCRIBE, may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connection is checked with a PING and idle channels are unsubscribed. It
@@ -33,6 +41,10 @@ const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Dura
 /// How long a first watcher waits for the listener's first connection before it settles for
 /// an unconfirmed subscription (its caller then re-checks the state periodically).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// Lifetime of an `events-watched` key: several housekeeping intervals (which refresh it), so
+/// a slow round does not stop the events, yet a vanished watcher costs the scripts their
+/// PUBLISHes for half a minute at most.
+const EVENTS_WATCH_TTL: Duration = Duration::from_secs(30);
 
 /// The shared pub/sub connection of one broker (and its clones).
 pub(super) struct Listener {
@@ -45,10 +57,8 @@ pub(super) struct Listener {
 
 struct Shared {
     client: redis::Client,
-    /// For re-reading the `terminating` set after a reconnect.
+    /// For re-reading `terminating` sets after a reconnect, and refreshing `events-watched`.
     commands: ConnectionManager,
-    terminating_key: String,
-    terminate_channel: Vec<u8>,
     /// Channel → who waits on it. A plain mutex: held only for map updates, never across an
     /// await.
     channels: Mutex<HashMap<Vec<u8>, Entry>>,
@@ -65,13 +75,19 @@ struct Entry {
     waiters: Vec<Waiter>,
     /// Whether Redis confirmed the subscription on the current connection.
     subscribed: bool,
+    /// A `terminate` channel's `terminating` set, replayed to its receivers after a reconnect.
+    replay: Option<String>,
+    /// An `events` channel's `events-watched` key, kept alive while anyone listens.
+    flag: Option<String>,
 }
 
 enum Waiter {
     /// Woken by any message on the channel (and by reconnections).
     Wake(Arc<Notify>),
-    /// Receives each message's payload (the `terminate` channel).
+    /// Receives each message's payload (a `terminate` channel).
     Forward(mpsc::Sender<String>),
+    /// Receives each message decoded (an `events` channel).
+    Events(mpsc::Sender<TaskEvent>),
 }
 
 impl Waiter {
@@ -79,6 +95,7 @@ impl Waiter {
         match self {
             Waiter::Wake(notify) => Arc::strong_count(notify) == 1,
             Waiter::Forward(sender) => sender.is_closed(),
+            Waiter::Events(sender) => sender.is_closed(),
         }
     }
 }
@@ -115,7 +132,7 @@ impl Drop for Watch {
             if let Some(entry) = channels.get_mut(channel) {
                 entry.waiters.retain(|waiter| match waiter {
                     Waiter::Wake(notify) => !Arc::ptr_eq(notify, &self.notify),
-                    Waiter::Forward(_) => true,
+                    Waiter::Forward(_) | Waiter::Events(_) => true,
                 });
             }
         }
@@ -123,19 +140,12 @@ impl Drop for Watch {
 }
 
 impl Listener {
-    pub(super) fn new(
-        client: redis::Client,
-        commands: ConnectionManager,
-        terminating_key: String,
-        terminate_channel: String,
-    ) -> Listener {
+    pub(super) fn new(client: redis::Client, commands: ConnectionManager) -> Listener {
         let (stop, stop_receiver) = oneshot::channel();
         Listener {
             shared: Arc::new(Shared {
                 client,
                 commands,
-                terminating_key,
-                terminate_channel: terminate_channel.into_bytes(),
                 channels: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
                 connections: tokio::sync::watch::Sender::new(0),
@@ -153,7 +163,7 @@ impl Listener {
     pub(super) async fn watch(&self, channels: Vec<String>) -> Watch {
         let notify = Arc::new(Notify::new());
         let channels: Vec<Vec<u8>> = channels.into_iter().map(String::into_bytes).collect();
-        self.register(&channels, || Waiter::Wake(Arc::clone(&notify)))
+        self.register(&channels, || Waiter::Wake(Arc::clone(&notify)), |_| {})
             .await;
         Watch {
             notify,
@@ -162,19 +172,55 @@ impl Listener {
         }
     }
 
-    /// Forwards every `terminate` message's payload (a task id) to a new receiver, until it is
-    /// dropped.
-    pub(super) async fn terminations(&self, buffer: usize) -> mpsc::Receiver<String> {
+    /// Forwards every message's payload (a task id) on a namespace's `terminate` channel to a
+    /// new receiver, until it is dropped; after a reconnect, the ids of its `terminating` set.
+    pub(super) async fn terminations(
+        &self,
+        channel: String,
+        terminating_key: String,
+        buffer: usize,
+    ) -> mpsc::Receiver<String> {
         let (sender, receiver) = mpsc::channel(buffer);
-        let channel = self.shared.terminate_channel.clone();
-        self.register(std::slice::from_ref(&channel), || {
-            Waiter::Forward(sender.clone())
-        })
+        let channel = channel.into_bytes();
+        self.register(
+            std::slice::from_ref(&channel),
+            || Waiter::Forward(sender.clone()),
+            |entry| entry.replay = Some(terminating_key.clone()),
+        )
         .await;
         receiver
     }
 
-    async fn register(&self, channels: &[Vec<u8>], waiter: impl Fn() -> Waiter) {
+    /// Forwards every task event on a namespace's `events` channel to a new receiver, until it
+    /// is dropped, and raises the namespace's `flag_key` (`events-watched`) so that the
+    /// scripts publish them. Fails only when the flag cannot be set.
+    pub(super) async fn events(
+        &self,
+        channel: String,
+        flag_key: String,
+        buffer: usize,
+    ) -> redis::RedisResult<mpsc::Receiver<TaskEvent>> {
+        let (sender, receiver) = mpsc::channel(buffer);
+        let channel = channel.into_bytes();
+        self.register(
+            std::slice::from_ref(&channel),
+            || Waiter::Events(sender.clone()),
+            |entry| entry.flag = Some(flag_key.clone()),
+        )
+        .await;
+        // After subscribing: an event published once the flag is up cannot be missed.
+        self.shared.raise_flag(&flag_key).await?;
+        Ok(receiver)
+    }
+
+    /// Adds a waiter to each channel (and lets `setup` note what the channel needs), then
+    /// subscribes to those not yet subscribed.
+    async fn register(
+        &self,
+        channels: &[Vec<u8>],
+        waiter: impl Fn() -> Waiter,
+        setup: impl Fn(&mut Entry),
+    ) {
         self.start();
         let shared = &self.shared;
         let mut connections = shared.connections.subscribe();
@@ -193,6 +239,8 @@ impl Listener {
                 .iter()
                 .filter(|channel| {
                     let entry = map.entry(channel.to_vec()).or_default();
+                    // In the same section as the push: a sweep in between would forget it.
+                    setup(entry);
                     entry.waiters.push(waiter());
                     !entry.subscribed
                 })
@@ -258,6 +306,8 @@ impl Shared {
         let Some(entry) = channels.get_mut(channel) else {
             return;
         };
+        // Decoded once per message, not per receiver.
+        let mut event: Option<Option<TaskEvent>> = None;
         for waiter in &entry.waiters {
             match waiter {
                 Waiter::Wake(notify) => notify.notify_one(),
@@ -267,6 +317,27 @@ impl Shared {
                         tracing::warn!(
                             task = id,
                             "a worker's termination channel is full; it will see the request only at its next delivery"
+                        );
+                    }
+                }
+                Waiter::Events(sender) => {
+                    let decoded = event.get_or_insert_with(|| {
+                        serde_json::from_slice(payload)
+                            .inspect_err(|error| {
+                                tracing::warn!(%error, "ignoring an unreadable task event");
+                            })
+                            .ok()
+                    });
+                    let Some(decoded) = decoded else {
+                        continue;
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(dropped)) =
+                        sender.try_send(decoded.clone())
+                    {
+                        tracing::warn!(
+                            task = dropped.id,
+                            state = dropped.state.as_str(),
+                            "a task-event watcher is not keeping up; dropped an event"
                         );
                     }
                 }
@@ -286,33 +357,65 @@ impl Shared {
         }
     }
 
-    /// Whether anyone forwards terminations.
-    fn forwards_terminations(&self) -> bool {
+    /// Each `terminate` channel someone forwards, with its `terminating` set.
+    fn replays(&self) -> Vec<(Vec<u8>, String)> {
         self.lock_channels()
-            .get(&self.terminate_channel)
-            .is_some_and(|entry| !entry.waiters.is_empty())
+            .iter()
+            .filter(|(_, entry)| !entry.waiters.is_empty())
+            .filter_map(|(channel, entry)| Some((channel.clone(), entry.replay.clone()?)))
+            .collect()
     }
 
-    /// Sends the ids of the `terminating` set to every terminations receiver: requests
-    /// published while the connection was down would otherwise be lost. Receivers ignore ids
-    /// they do not run.
+    /// Sends the ids of each `terminating` set to its namespace's terminations receivers:
+    /// requests published while the connection was down would otherwise be lost. Receivers
+    /// ignore ids they do not run.
     async fn replay_terminations(&self) {
-        if !self.forwards_terminations() {
-            return;
+        for (channel, terminating_key) in self.replays() {
+            let ids: Vec<String> = match redis::cmd("SMEMBERS")
+                .arg(&terminating_key)
+                .query_async(&mut self.commands.clone())
+                .await
+            {
+                Ok(ids) => ids,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        key = terminating_key,
+                        "cannot re-read the terminating set after reconnecting"
+                    );
+                    continue;
+                }
+            };
+            for id in ids {
+                self.dispatch(&channel, id.as_bytes());
+            }
         }
-        let ids: Vec<String> = match redis::cmd("SMEMBERS")
-            .arg(&self.terminating_key)
+    }
+
+    /// Sets (or extends) an `events-watched` key.
+    async fn raise_flag(&self, key: &str) -> redis::RedisResult<()> {
+        redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .arg("PX")
+            .arg(EVENTS_WATCH_TTL.as_millis() as u64)
             .query_async(&mut self.commands.clone())
             .await
-        {
-            Ok(ids) => ids,
-            Err(error) => {
-                tracing::warn!(%error, "cannot re-read the terminating set after reconnecting");
-                return;
+    }
+
+    /// Extends the `events-watched` key of every `events` channel someone still listens to
+    /// (or sets it again, after a Redis restart lost it).
+    async fn refresh_flags(&self) {
+        let flags: Vec<String> = self
+            .lock_channels()
+            .values()
+            .filter(|entry| entry.waiters.iter().any(|waiter| !waiter.is_closed()))
+            .filter_map(|entry| entry.flag.clone())
+            .collect();
+        for key in flags {
+            if let Err(error) = self.raise_flag(&key).await {
+                tracing::warn!(%error, key, "cannot keep the task events flowing");
             }
-        };
-        for id in ids {
-            self.dispatch(&self.terminate_channel, id.as_bytes());
         }
     }
 
@@ -355,6 +458,7 @@ async fn run(shared: Weak<Shared>, mut stop: oneshot::Receiver<()>) {
                 strong.wake_all();
                 strong.connections.send_modify(|count| *count += 1);
                 strong.replay_terminations().await;
+                strong.refresh_flags().await;
                 drop(strong);
                 let stopped = listen(&shared, stream, &mut stop).await;
                 let Some(strong) = shared.upgrade() else {
@@ -444,13 +548,15 @@ async fn listen(
                     tracing::warn!(%error, "pub/sub connection to Redis failed; reconnecting");
                     return false;
                 }
+                shared.refresh_flags().await;
             }
             _ = &mut *stop => return true,
         }
     }
 }
 
-/// Pings the connection and drops idle subscriptions.
+/// Pings the connection and drops idle subscriptions (the `events-watched` flags are
+/// refreshed after, outside the sink's lock, by the caller).
 async fn housekeep(shared: &Shared) -> redis::RedisResult<()> {
     let mut slot = shared.sink.lock().await;
     let Some(sink) = slot.as_mut() else {

@@ -12,6 +12,12 @@
 //! - Fencing: reserve mints a token per lease from the `fence` counter and stores it in the
 //!   task hash; renew, mark and settle act only while the stored token matches; settle and
 //!   reap empty it (the field is non-empty exactly while the id is in `leases`).
+//! - Tenancy ([`tenancy`]): [`Tenancy::namespaced`](super::Tenancy::namespaced) gives a broker
+//!   over another namespace's keys sharing this one's connections, scripts and listener. The
+//!   reserve script enforces the namespace's concurrency cap (one HGET per call), settle meters
+//!   usage (one HINCRBY per counter per call) and every state change publishes a task event
+//!   only while someone watches (one EXISTS per call that changes a state); the tenant and token
+//!   hashes are the only keys outside a namespace.
 //! - Commands go through a [`ConnectionManager`], which reconnects with backoff after Redis
 //!   restarts (a call that meets the broken connection fails; later ones succeed once Redis is
 //!   back, so workers resume by themselves). Waiting uses one shared pub/sub connection
@@ -26,6 +32,9 @@
 mod keys;
 mod listener;
 mod record;
+mod tenancy;
+
+pub(crate) use self::keys::valid_namespace;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +46,7 @@ use tokio::sync::mpsc;
 
 use self::keys::{Keys, rank_base};
 use self::listener::Listener;
+use super::tenancy::Metered;
 use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
     Settled, Settlement,
@@ -80,16 +90,24 @@ const REGISTRY_CAS_ROUNDS: usize = 16;
 const KIND_REVOKED: &str = "revoked";
 const KIND_PURGED: &str = "purged";
 
-/// The Redis broker. Clones share the connections.
+/// The Redis broker of one namespace. Clones, and brokers of other namespaces made with
+/// [`Tenancy::namespaced`](super::Tenancy::namespaced), share the connections.
 #[derive(Clone)]
 pub struct RedisBroker {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    keys: Keys,
+    shared: Arc<Shared>,
+}
+
+/// What every namespace's broker of one `connect` shares. The listener's channels are full
+/// names (`wtq:{ns}:…`), so one pub/sub connection serves every namespace without mixing
+/// them up.
+struct Shared {
     /// The URL as given, password hidden: for error messages.
     url: String,
-    keys: Keys,
     commands: ConnectionManager,
     scripts: Scripts,
     listener: Listener,
@@ -110,6 +128,7 @@ struct Scripts {
     purge_dead: Script,
     put_component: Script,
     watch: Script,
+    rate: Script,
 }
 
 impl Scripts {
@@ -130,6 +149,7 @@ impl Scripts {
             purge_dead: script(include_str!("scripts/purge_dead.lua")),
             put_component: script(include_str!("scripts/put_component.lua")),
             watch: script(include_str!("scripts/watch.lua")),
+            rate: script(include_str!("scripts/rate.lua")),
         }
     }
 }
@@ -137,7 +157,7 @@ impl Scripts {
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBroker")
-            .field("url", &self.inner.url)
+            .field("url", &self.inner.shared.url)
             .field("prefix", &self.inner.keys.prefix())
             .finish_non_exhaustive()
     }
@@ -191,19 +211,16 @@ impl RedisBroker {
             .set_number_of_retries(RECONNECT_ATTEMPTS);
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|error| unreachable(error.to_string()))?;
-        let listener = Listener::new(
-            client,
-            commands.clone(),
-            keys.terminating(),
-            keys.terminate_channel(),
-        );
+        let listener = Listener::new(client, commands.clone());
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                url: shown,
                 keys,
-                commands,
-                scripts: Scripts::load(),
-                listener,
+                shared: Arc::new(Shared {
+                    url: shown,
+                    commands,
+                    scripts: Scripts::load(),
+                    listener,
+                }),
             }),
         })
     }
@@ -213,20 +230,20 @@ impl RedisBroker {
     }
 
     fn scripts(&self) -> &Scripts {
-        &self.inner.scripts
+        &self.inner.shared.scripts
     }
 
     /// Runs a script (EVALSHA, loading it first if Redis does not have it).
     async fn run<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, Error> {
         invocation
-            .invoke_async(&mut self.inner.commands.clone())
+            .invoke_async(&mut self.inner.shared.commands.clone())
             .await
             .map_err(|error| self.failed(error))
     }
 
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Error> {
         command
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.inner.shared.commands.clone())
             .await
             .map_err(|error| self.failed(error))
     }
@@ -240,7 +257,7 @@ impl RedisBroker {
             || error.is_timeout()
         {
             Error::Unreachable {
-                url: self.inner.url.clone(),
+                url: self.inner.shared.url.clone(),
                 message: error.to_string(),
             }
         } else {
@@ -438,6 +455,7 @@ impl Broker for RedisBroker {
         let mut call = self.scripts().reserve.key(keys.fence());
         call.key(keys.leases())
             .key(keys.terminating())
+            .key(keys.quota())
             .arg(keys.prefix())
             .arg(worker)
             .arg(now_ms)
@@ -497,7 +515,8 @@ impl Broker for RedisBroker {
                     call.arg(&mark.lease.id)
                         .arg(mark.lease.token)
                         .arg(mark.state.as_str())
-                        .arg(mark.progress.as_ref().map(json).unwrap_or_default());
+                        .arg(mark.progress.as_ref().map(json).unwrap_or_default())
+                        .arg(mark.at_ms);
                 }
                 call
             })
@@ -513,16 +532,21 @@ impl Broker for RedisBroker {
                 call.key(keys.dead())
                     .key(keys.terminating())
                     .key(keys.seq())
+                    .key(keys.usage())
                     .arg(keys.prefix())
                     .arg(now_ms);
                 for settle in chunk {
                     let (kind, operand, attempt, error) = settle_args(&settle.settlement);
+                    let metered = Metered::of(&settle.settlement);
                     call.arg(&settle.lease.id)
                         .arg(settle.lease.token)
                         .arg(kind)
                         .arg(operand)
                         .arg(attempt)
-                        .arg(error);
+                        .arg(error)
+                        .arg(metered.fuel)
+                        .arg(metered.cpu_us)
+                        .arg(metered.memory_kib_ms);
                 }
                 call
             })
@@ -563,6 +587,7 @@ impl Broker for RedisBroker {
         // Subscribed before looking: work that arrives after the look wakes this watch.
         let watch = self
             .inner
+            .shared
             .listener
             .watch(
                 queues
@@ -581,7 +606,7 @@ impl Broker for RedisBroker {
                 .arg("WITHSCORES");
         }
         let replies: Vec<(usize, Vec<(String, f64)>)> = look
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.inner.shared.commands.clone())
             .await
             .map_err(|error| self.failed(error))?;
         if replies.iter().any(|(ready, _)| *ready > 0) {
@@ -620,6 +645,7 @@ impl Broker for RedisBroker {
         // Subscribed before the first read: a finish after the read wakes this watch.
         let watch = self
             .inner
+            .shared
             .listener
             .watch(vec![self.keys().done_channel(id)])
             .await;
@@ -679,7 +705,17 @@ impl Broker for RedisBroker {
     }
 
     async fn terminations(&self) -> Result<mpsc::Receiver<String>, Error> {
-        Ok(self.inner.listener.terminations(TERMINATION_BUFFER).await)
+        let keys = self.keys();
+        Ok(self
+            .inner
+            .shared
+            .listener
+            .terminations(
+                keys.terminate_channel(),
+                keys.terminating(),
+                TERMINATION_BUFFER,
+            )
+            .await)
     }
 
     async fn terminating(&self, id: &str) -> Result<bool, Error> {
@@ -731,7 +767,7 @@ impl Broker for RedisBroker {
             read.hgetall(keys.task(id));
         }
         let hashes: Vec<Vec<(Vec<u8>, Vec<u8>)>> = read
-            .query_async(&mut self.inner.commands.clone())
+            .query_async(&mut self.inner.shared.commands.clone())
             .await
             .map_err(|error| self.failed(error))?;
         let mut records = Vec::with_capacity(ids.len());
@@ -746,14 +782,15 @@ impl Broker for RedisBroker {
         Ok(records)
     }
 
-    async fn retry_dead(&self, id: Option<&str>, _now_ms: u64) -> Result<usize, Error> {
+    async fn retry_dead(&self, id: Option<&str>, now_ms: u64) -> Result<usize, Error> {
         let keys = self.keys();
         let mut total = 0;
         loop {
             let mut call = self.scripts().retry_dead.key(keys.dead());
             call.arg(keys.prefix())
                 .arg(id.unwrap_or(""))
-                .arg(MAINTENANCE_BATCH);
+                .arg(MAINTENANCE_BATCH)
+                .arg(now_ms);
             let (taken, queued): (usize, usize) = self.run(&call).await?;
             total += queued;
             if id.is_some() || taken < MAINTENANCE_BATCH {

@@ -189,6 +189,7 @@ mod tests {
             error: None,
             duration_ms: None,
             fuel: None,
+            cpu_ms: None,
             peak_memory: None,
             log: String::new(),
         }

@@ -331,6 +331,7 @@ fn attempt(id: &str, state: State) -> Attempt {
         }),
         duration_ms: None,
         fuel: None,
+        cpu_ms: None,
         peak_memory: None,
         log: String::new(),
     }

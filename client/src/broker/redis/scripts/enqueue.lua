@@ -11,6 +11,7 @@
 --
 -- Returns { duplicate id or '', id, created ('1'/'0'), id, created, ... }. A message whose
 -- id is in use stops the batch there: the messages before it are stored, the rest are not.
+-- Each stored message is a PENDING task event.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
 local idem_ttl = ARGV[3]
@@ -76,6 +77,7 @@ for i = 1, count do
     end
     -- Also for a delayed message: a waiting worker recomputes when the next one is due.
     woken[queue] = true
+    event(prefix, id, 'PENDING', ARGV[2])
     out[#out + 1] = id
     out[#out + 1] = '1'
   end

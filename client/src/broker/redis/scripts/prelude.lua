@@ -8,3 +8,18 @@ local function record_ttl(value)
   return string.format('%d', n)
 end
 
+-- Publishes a task event (`TaskEvent` JSON) on the namespace's `events` channel, if anyone
+-- watches it: the `events-watched` key (kept alive by the watchers' listener) is checked once
+-- per script call, at its first event, so an unwatched namespace pays one EXISTS per call
+-- that changes a state, and a call that changes none pays nothing.
+local events_watched
+local function event(prefix, id, state, at_ms)
+  if events_watched == nil then
+    events_watched = redis.call('EXISTS', prefix .. 'events-watched') == 1
+  end
+  if events_watched then
+    redis.call('PUBLISH', prefix .. 'events',
+      '{"id":' .. cjson.encode(id) .. ',"state":"' .. state .. '","at_ms":' .. at_ms .. '}')
+  end
+end
+

@@ -1,6 +1,7 @@
 -- Removes up to `batch` waiting messages of one queue (Broker::purge), ready ones first, then
--- delayed ones; their tasks become REVOKED (kind `purged`). The caller repeats until a call
--- removes fewer than `batch`, so that no single call blocks Redis for long.
+-- delayed ones; their tasks become REVOKED (kind `purged`), each a task event. The caller
+-- repeats until a call removes fewer than `batch`, so that no single call blocks Redis for
+-- long.
 --
 -- KEYS[1]  `ready:<queue>`; KEYS[2] `delayed:<queue>`
 -- ARGV[1]  key prefix; ARGV[2] now (ms); ARGV[3] batch; ARGV[4] the `purged` error JSON
@@ -19,6 +20,7 @@ for k = 1, 2 do
         redis.call('HSET', key, 'state', 'REVOKED', 'error', ARGV[4], 'finished', now_ms)
         redis.call('PEXPIRE', key, record_ttl(ttl))
         redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
+        event(prefix, id, 'REVOKED', now_ms)
       end
     end
     if #ids > 0 then

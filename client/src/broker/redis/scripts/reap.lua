@@ -1,5 +1,6 @@
 -- Reclaims up to `limit` expired leases (Broker::reap): each message returns to its ready
 -- place, or is dead-lettered when its attempt was already delivered `max_deliveries` times.
+-- Each is a task event: PENDING, or FAILURE.
 --
 -- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter
 -- ARGV[1]  key prefix; ARGV[2] now (ms); ARGV[3] limit
@@ -25,11 +26,13 @@ for _, id in ipairs(expired) do
         ' times without finishing (max_deliveries ' .. max .. ')"}')
       redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), id)
       redis.call('PUBLISH', prefix .. 'done:' .. id, 'FAILURE')
+      event(prefix, id, 'FAILURE', now_ms)
       buried[#buried + 1] = id
     else
       redis.call('HSET', key, 'state', 'PENDING', 'token', '')
       redis.call('ZADD', prefix .. 'ready:' .. f[3], f[4], id)
       woken[f[3]] = true
+      event(prefix, id, 'PENDING', now_ms)
     end
   end
 end

@@ -1,10 +1,14 @@
 -- Leases up to `max` messages to a worker (Broker::reserve): first moves due delayed messages
 -- of the queues to their ready sets, then pops the best ready ones, queue by queue in the
 -- order given. Messages past their `expires` become REVOKED (kind `expired`) instead.
+-- With a concurrency cap (`quota` field `concurrency`), it leases at most the cap minus the
+-- namespace's current leases (of every worker), so the cap holds across workers. Each lease
+-- is a RECEIVED task event, each expiry a REVOKED one.
 --
 -- KEYS[1]  the `fence` counter
 -- KEYS[2]  `leases`
 -- KEYS[3]  `terminating`
+-- KEYS[4]  `quota`
 -- ARGV[1]  key prefix; ARGV[2] worker; ARGV[3] now (ms); ARGV[4] lease expiry (ms);
 -- ARGV[5]  max; ARGV[6] most delayed messages promoted per queue and call;
 -- ARGV[7..] the queues
@@ -37,6 +41,7 @@ local function expire(key, id, expires, result_ttl)
     redis.call('PEXPIRE', key, record_ttl(result_ttl))
   end
   redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
+  event(prefix, id, 'REVOKED', now_ms)
 end
 
 for q = 7, #ARGV do
@@ -57,6 +62,15 @@ for q = 7, #ARGV do
     redis.call('ZREM', delayed, unpack(due))
     -- More may have become ready than this worker takes.
     redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+  end
+end
+
+-- One HGET per call when uncapped. Leases not yet reaped count: their task may still run.
+local cap = redis.call('HGET', KEYS[4], 'concurrency')
+if cap then
+  local room = (tonumber(cap) or 0) - redis.call('ZCARD', KEYS[2])
+  if room < max then
+    max = room
   end
 end
 
@@ -104,6 +118,7 @@ if #chosen > 0 then
     out[#out + 1] = c[4]
     out[#out + 1] = c[5]
     out[#out + 1] = any_terminating and redis.call('SISMEMBER', KEYS[3], c[2]) or 0
+    event(prefix, c[2], 'RECEIVED', now_ms)
   end
   redis.call('ZADD', KEYS[2], unpack(leases))
 end

@@ -1,8 +1,9 @@
 -- Queues dead-lettered tasks again as a fresh attempt (Broker::retry_dead): state PENDING,
--- delivery count 0, at their original ready place.
+-- delivery count 0, at their original ready place; each a PENDING task event.
 --
 -- KEYS[1]  `dead`
--- ARGV[1]  key prefix; ARGV[2] one id, or '' for up to `batch` of them; ARGV[3] batch
+-- ARGV[1]  key prefix; ARGV[2] one id, or '' for up to `batch` of them; ARGV[3] batch;
+-- ARGV[4]  now (ms)
 --
 -- Returns { ids taken out of `dead`, tasks queued again }. The caller repeats a '' call
 -- while the first number equals the batch.
@@ -31,6 +32,7 @@ for _, id in ipairs(ids) do
     redis.call('ZADD', prefix .. 'ready:' .. f[1], f[2], id)
     woken[f[1]] = true
     queued = queued + 1
+    event(prefix, id, 'PENDING', ARGV[4])
   end
 end
 redis.call('ZREM', KEYS[1], unpack(ids))

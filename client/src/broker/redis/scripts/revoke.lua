@@ -1,5 +1,6 @@
 -- Revokes a task (Broker::revoke). Waiting: REVOKED at once, its message removed. Leased
 -- (running): with terminate, its worker is asked to stop it; otherwise nothing changes.
+-- A revoked task is a REVOKED task event.
 --
 -- KEYS[1]  the task hash; KEYS[2] `terminating`
 -- ARGV[1]  key prefix; ARGV[2] id; ARGV[3] terminate ('1'/'0'); ARGV[4] now (ms);
@@ -32,4 +33,5 @@ if f[4] then
   redis.call('PEXPIRE', KEYS[1], record_ttl(f[4]))
 end
 redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
+event(prefix, id, 'REVOKED', ARGV[4])
 return { 'revoked' }

@@ -1,9 +1,11 @@
 -- Ends leases (Broker::settle), each only if its token still matches: a worker whose lease
 -- was reaped (and perhaps given to another) writes nothing.
 --
--- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter
+-- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter;
+-- KEYS[5]  `usage`
 -- ARGV[1]  key prefix; ARGV[2] now (ms)
--- then 6 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none):
+-- then 9 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none),
+-- and the attempt's metering (computed in Rust, `Metered`): fuel, cpu_us, memory_kib_ms.
 --   F  finish       operand = final state; the attempt is stored, the record expires later
 --   R  retry        operand = eta (ms); the attempt is stored, the next one waits for the eta
 --   L  release      back to its ready place at once; this delivery does not count
@@ -12,14 +14,27 @@
 -- An empty `token`, `error` or `progress` field means none: writing '' costs no extra call,
 -- where HDEL would.
 --
+-- Committed settlements are metered in `usage` (F: a task and an attempt, R: an attempt,
+-- D: a task; F and R add the metering), summed over the batch and written with one HINCRBY
+-- per counter per call. Each is a task event with its new state.
+--
 -- Returns 1 (committed) or 0 (stale) per settlement.
 local prefix, now_ms = ARGV[1], ARGV[2]
 local now = tonumber(now_ms)
-local WIDTH = 6
+local WIDTH = 9
 local out = {}
 local unleased = {}
 local final = {}
 local woken = {}
+-- Sums stay exact: each metered value is below 2^43 and a batch has at most 1000 items.
+local tasks, attempts, fuel, cpu_us, memory_kib_ms = 0, 0, 0, 0, 0
+
+local function meter(a)
+  attempts = attempts + 1
+  fuel = fuel + (tonumber(ARGV[a + 7]) or 0)
+  cpu_us = cpu_us + (tonumber(ARGV[a + 8]) or 0)
+  memory_kib_ms = memory_kib_ms + (tonumber(ARGV[a + 9]) or 0)
+end
 
 for a = 2, #ARGV - 1, WIDTH do
   local id, token, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -40,6 +55,9 @@ for a = 2, #ARGV - 1, WIDTH do
         redis.call('PUBLISH', prefix .. 'done:' .. id, operand)
       end
       final[#final + 1] = id
+      tasks = tasks + 1
+      meter(a)
+      event(prefix, id, operand, now_ms)
     end
     out[#out + 1] = f[1] == token and 1 or 0
   elseif kind == 'R' then
@@ -56,6 +74,8 @@ for a = 2, #ARGV - 1, WIDTH do
         redis.call('ZADD', prefix .. 'ready:' .. f[3], f[4], id)
       end
       woken[f[3]] = true
+      meter(a)
+      event(prefix, id, 'RETRY', now_ms)
     end
     out[#out + 1] = f[1] == token and 1 or 0
   elseif kind == 'L' then
@@ -66,6 +86,7 @@ for a = 2, #ARGV - 1, WIDTH do
         'deliveries', string.format('%d', deliveries))
       redis.call('ZADD', prefix .. 'ready:' .. f[2], f[3], id)
       woken[f[2]] = true
+      event(prefix, id, 'PENDING', now_ms)
     end
     out[#out + 1] = f[1] == token and 1 or 0
   else
@@ -78,6 +99,8 @@ for a = 2, #ARGV - 1, WIDTH do
       redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), id)
       redis.call('PUBLISH', prefix .. 'done:' .. id, 'FAILURE')
       final[#final + 1] = id
+      tasks = tasks + 1
+      event(prefix, id, 'FAILURE', now_ms)
     end
     out[#out + 1] = held and 1 or 0
   end
@@ -94,5 +117,12 @@ if #final > 0 then
 end
 for queue in pairs(woken) do
   redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+end
+local counters = { tasks = tasks, attempts = attempts, fuel = fuel, cpu_us = cpu_us,
+  memory_kib_ms = memory_kib_ms }
+for field, value in pairs(counters) do
+  if value > 0 then
+    redis.call('HINCRBY', KEYS[5], field, string.format('%d', value))
+  end
 end
 return out
