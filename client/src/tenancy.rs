@@ -104,7 +104,9 @@ impl std::fmt::Display for Rate {
 pub enum RateDecision {
     Allowed,
     /// Not now: enough capacity frees up after this long.
-    Limited { retry_after_ms: u64 },
+    Limited {
+        retry_after_ms: u64,
+    },
 }
 
 /// An API token as stored: never the token itself, which only its holder has.
@@ -154,7 +156,10 @@ mod tests {
                 per_ms: 1000
             })
         );
-        assert_eq!(Rate::parse("6000/m").map(|r| r.to_string()), Ok("6000/m".into()));
+        assert_eq!(
+            Rate::parse("6000/m").map(|r| r.to_string()),
+            Ok("6000/m".into())
+        );
         for bad in ["", "0/s", "10", "10/d", "x/s", "-1/s"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }

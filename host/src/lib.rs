@@ -10,5 +10,6 @@
 pub mod cli;
 pub mod registry;
 pub mod sandbox;
+pub mod service;
 pub mod units;
 pub mod worker;

@@ -130,7 +130,11 @@ impl Cluster {
 
     /// A producer client over this cluster's Redis.
     pub async fn client(&self) -> Client<AnyBroker> {
-        Client::connect(&self.url()).await.expect("client connects")
+        Client::with_broker(
+            wtq_client::connect(&self.url())
+                .await
+                .expect("client connects"),
+        )
     }
 }
 

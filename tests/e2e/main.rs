@@ -8,4 +8,6 @@ mod queue;
 mod redis_server;
 mod run_cli;
 mod sandbox;
+mod service;
 mod support;
+mod tenants;

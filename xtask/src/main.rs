@@ -102,6 +102,18 @@ fn test() -> Result<(), String> {
     guests()?;
     redis()?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    // Tests that measure latency (marked `#[ignore = "timing: …"]`) run afterwards, one at a
+    // time, so the rest of the suite is not competing for the CPUs they measure.
+    run(cargo().args([
+        "test",
+        "--package",
+        "wtq",
+        "--test",
+        "e2e",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     // The guests' pure logic (markdown, slugify, ...) is unit-tested natively.
     let host = host_triple()?;
@@ -215,8 +227,62 @@ fn demo() -> Result<(), String> {
             return Err(format!("`wtq run {}` ended with {status}", args.join(" ")));
         }
     }
+    queue_demo(&wtq, &example("math"))?;
     println!("\nAll demo steps behaved as expected.");
     Ok(())
+}
+
+/// The queue in one process: `wtq up` (service + worker on the embedded broker), then
+/// `wtq deploy` and `wtq call --wait` against it over HTTP, as the README's tour does.
+fn queue_demo(wtq: &Path, math: &str) -> Result<(), String> {
+    use std::io::BufRead;
+    println!("\n# the queue in one process\n$ wtq up &");
+    let started = std::time::Instant::now();
+    let mut up = Command::new(wtq)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("starting `wtq up`: {error}"))?;
+    let mut lines =
+        std::io::BufReader::new(up.stdout.take().ok_or("no stdout from wtq up")?).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                println!("{line}");
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    break Ok(url.trim().to_string());
+                }
+            }
+            _ => break Err("`wtq up` exited before listening".to_string()),
+        }
+    };
+    let outcome = url.and_then(|url| {
+        println!("(ready after {} ms)", started.elapsed().as_millis());
+        let steps: [Vec<&str>; 3] = [
+            vec!["deploy", math],
+            vec!["call", "math.add", "[2,3]", "--wait", "--timeout", "30s"],
+            vec!["components"],
+        ];
+        for args in steps {
+            println!("\n$ wtq {} --url {url}", args.join(" "));
+            let status = Command::new(wtq)
+                .args(&args)
+                .args(["--url", &url])
+                .current_dir(root())
+                .status()
+                .map_err(|error| format!("running wtq: {error}"))?;
+            if !status.success() {
+                return Err(format!("`wtq {}` ended with {status}", args.join(" ")));
+            }
+        }
+        Ok(())
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let _ = up.wait();
+    outcome
 }
 
 fn bench() -> Result<(), String> {

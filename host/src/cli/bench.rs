@@ -23,6 +23,39 @@ enum BenchCommand {
     Sandbox(SandboxBench),
     /// Enqueue and drain `math.add` tasks through Redis with one worker process.
     Queue(QueueBench),
+    /// Enqueue throughput through the HTTP API (keep-alive, batches and single requests).
+    Http(HttpBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct HttpBenchArgs {
+    /// The math example component.
+    #[arg(
+        long,
+        default_value = "guest-examples/target/wasm32-wasip2/release/math.wasm"
+    )]
+    component: PathBuf,
+    /// Tasks to enqueue in batches.
+    #[arg(long, short = 'n', default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    tasks: u32,
+    /// Tasks per batch request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// Single-task requests for the per-request figure.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    single: u32,
+    /// The broker the benchmark's own service uses (a fresh namespace of it).
+    #[arg(long, env = "WTQ_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
+    /// Drive this running service (http://…) instead of starting one.
+    #[arg(long, value_name = "URL")]
+    service: Option<String>,
+    /// Token for --service.
+    #[arg(long, env = "WTQ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +109,16 @@ pub fn run(args: BenchArgs) -> Result<u8, Failure> {
             bench.concurrency,
             &bench.url,
         ),
+        BenchCommand::Http(bench) => super::bench_http::run(super::bench_http::HttpBench {
+            component: bench.component,
+            tasks: bench.tasks,
+            batch: bench.batch,
+            connections: bench.connections,
+            single: bench.single,
+            url: bench.url,
+            service: bench.service,
+            token: bench.token,
+        }),
     }
 }
 

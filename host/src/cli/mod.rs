@@ -2,10 +2,13 @@
 //! function per command. Errors print one line on stderr and map to documented exit codes.
 
 mod bench;
+mod bench_http;
 mod bench_queue;
 mod limits;
 mod queue;
 mod run;
+mod serve;
+mod tenant;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,6 +49,14 @@ enum Command {
     Dead(queue::DeadArgs),
     /// Measure the sandbox or the queue and print the figures.
     Bench(bench::BenchArgs),
+    /// Serve the HTTP API for many tenants over Redis (every request needs a token).
+    Serve(serve::ServeArgs),
+    /// Run the service and a worker in one process, on the embedded broker by default.
+    Up(Box<serve::UpArgs>),
+    /// Manage the service's tenants and their quotas.
+    Tenant(tenant::TenantArgs),
+    /// Create, list and revoke API tokens.
+    Token(tenant::TokenArgs),
 }
 
 /// Exit codes, documented in the README. Scripts may rely on them.
@@ -84,10 +95,17 @@ pub mod exit {
     pub const NOT_READY: u8 = 18;
     /// No such task id (never enqueued, or its result expired).
     pub const UNKNOWN_TASK: u8 = 19;
-    /// The broker cannot be reached.
+    /// The broker or the service cannot be reached, or the service failed (sysexits
+    /// `EX_UNAVAILABLE`).
     pub const UNAVAILABLE: u8 = 69;
     /// The host itself failed (engine, cache, I/O).
     pub const INTERNAL: u8 = 70;
+    /// The service's rate limit refused the request for now; try again later (sysexits
+    /// `EX_TEMPFAIL`).
+    pub const RATE_LIMITED: u8 = 75;
+    /// The service refused the token: missing, unknown, revoked, or not for this command
+    /// (sysexits `EX_NOPERM`).
+    pub const DENIED: u8 = 77;
 }
 
 /// The exit code for a failed call.
@@ -141,6 +159,10 @@ pub fn main() -> ExitCode {
         Command::Revoke(args) => client_command(queue::revoke(args)),
         Command::Purge(args) => client_command(queue::purge(args)),
         Command::Dead(args) => client_command(queue::dead(args)),
+        Command::Serve(args) => serve::serve(args),
+        Command::Up(args) => serve::up(*args),
+        Command::Tenant(args) => client_command(tenant::tenant(args)),
+        Command::Token(args) => client_command(tenant::token(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

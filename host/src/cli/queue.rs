@@ -1,31 +1,75 @@
 //! The client commands: `deploy`, `components`, `call`, `result`, `status`, `revoke`, `purge`
-//! and `dead`. Each parses its arguments, calls the library once and prints the answer.
+//! and `dead`. Each parses its arguments, calls the library once and prints the answer, the
+//! same over the service (`--url http(s)://…`, the default: the local `wtq up`) as over the
+//! broker itself (`--url redis://…`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use wtq_client::broker::{self, Broker, Revoked};
+use wtq_client::broker::{self, Revoked};
 use wtq_client::message::{Backoff, State, TaskRecord, now_ms};
-use wtq_client::{AnyBroker, Client, ClientError};
+use wtq_client::{AnyBroker, Client, ClientError, Endpoint, Producer};
 
 use super::{Failure, exit, say};
 use crate::units;
 
-/// Where the broker is, for every client command.
-#[derive(Debug, Clone, Args)]
+/// Where a client command sends its requests when `--url` is not given: the local `wtq up`.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
+/// Where a worker finds the broker when `--url` is not given.
+pub const DEFAULT_BROKER_URL: &str = "redis://127.0.0.1:6379";
+
+/// Where the service or the broker is, for every client command.
+#[derive(Clone, Args)]
 pub struct Connection {
-    /// The broker: redis://HOST:PORT[/DB][?namespace=NAME] or rediss://…
-    #[arg(
-        long,
-        env = "WTQ_URL",
-        default_value = "redis://127.0.0.1:6379",
-        global = true
-    )]
+    /// The service: http(s)://HOST:PORT (default: the local `wtq up`); or the broker itself:
+    /// redis://HOST:PORT[/DB][?namespace=NAME], rediss://…
+    #[arg(long, env = "WTQ_URL", default_value = DEFAULT_URL, global = true)]
     pub url: String,
+    /// API token for an http(s) URL (ignored for a broker URL).
+    #[arg(long, env = "WTQ_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+// By hand, so no debug output (clap's, a log line) ever shows the token.
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Connection {
+    /// The service or the broker `--url` names.
+    pub async fn endpoint(&self) -> Result<Endpoint, Failure> {
+        Endpoint::connect(&self.url, self.token.as_deref())
+            .await
+            .map_err(broker_failure)
+    }
+
+    /// The broker `--url` names; an http(s) URL is refused (for commands that need the
+    /// broker itself; new ones take a [`BrokerConnection`]).
+    pub async fn connect(&self) -> Result<AnyBroker, Failure> {
+        let broker = BrokerConnection {
+            url: self.url.clone(),
+        };
+        broker.connect().await
+    }
+}
+
+/// Where the broker is, for commands that need the broker itself (`wtq worker`): never the
+/// service, so a redis:// default and no token.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerConnection {
+    /// The broker: redis://HOST:PORT[/DB][?namespace=NAME] or rediss://…
+    #[arg(long, env = "WTQ_URL", default_value = DEFAULT_BROKER_URL, global = true)]
+    pub url: String,
+}
+
+impl BrokerConnection {
+    /// The broker `--url` names.
     pub async fn connect(&self) -> Result<AnyBroker, Failure> {
         wtq_client::connect(&self.url).await.map_err(broker_failure)
     }
@@ -33,9 +77,16 @@ impl Connection {
 
 /// The exit code and line for a broker error.
 pub fn broker_failure(error: broker::Error) -> Failure {
-    let code = match error {
+    let code = match &error {
         broker::Error::Url { .. } => exit::USAGE,
         broker::Error::DuplicateId(_) => exit::INVALID_ARGS,
+        broker::Error::Denied { .. } => exit::DENIED,
+        broker::Error::RateLimited { .. } => exit::RATE_LIMITED,
+        broker::Error::Rejected { kind, .. } => match kind.as_str() {
+            "too_large" => exit::ARGS_TOO_LARGE,
+            "invalid_component" | "storage_quota_exceeded" => exit::INVALID_COMPONENT,
+            _ => exit::INVALID_ARGS,
+        },
         _ => exit::UNAVAILABLE,
     };
     Failure::new(code, error.to_string())
@@ -91,21 +142,29 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
             format!("cannot read component `{}`: {error}", args.file.display()),
         )
     })?;
-    let broker = args.connection.connect().await?;
-    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
-        concurrency: 1,
-        ..Default::default()
-    })
-    .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
-    let record = crate::registry::deploy(&broker, &sandbox, &name, wasm, args.max_size)
-        .await
-        .map_err(|error| match error {
-            crate::registry::DeployError::Broker(error) => broker_failure(error),
-            other => Failure::new(
-                exit::INVALID_COMPONENT,
-                format!("{}: {other}", args.file.display()),
-            ),
-        })?;
+    let record = match args.connection.endpoint().await? {
+        // The service validates the upload itself: no sandbox here.
+        Endpoint::Http(api) => {
+            if !wtq_client::registry::valid_name(&name) {
+                return Err(Failure::new(
+                    exit::INVALID_COMPONENT,
+                    format!(
+                        "{}: {}",
+                        args.file.display(),
+                        crate::registry::DeployError::Name(name)
+                    ),
+                ));
+            }
+            api.deploy(&name, wasm).await.map_err(|error| match error {
+                broker::Error::Rejected { .. } => Failure::new(
+                    exit::INVALID_COMPONENT,
+                    format!("{}: {error}", args.file.display()),
+                ),
+                other => broker_failure(other),
+            })?
+        }
+        Endpoint::Broker(broker) => deploy_to_broker(&broker, &name, wasm, &args).await?,
+    };
     let Some(version) = record.current() else {
         return Err(Failure::new(
             exit::INTERNAL,
@@ -124,6 +183,29 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
     Ok(exit::SUCCESS)
 }
 
+/// Validates the component in a local sandbox and stores it in the broker's registry.
+async fn deploy_to_broker(
+    broker: &AnyBroker,
+    name: &str,
+    wasm: Vec<u8>,
+    args: &DeployArgs,
+) -> Result<wtq_client::registry::ComponentRecord, Failure> {
+    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
+        concurrency: 1,
+        ..Default::default()
+    })
+    .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+    crate::registry::deploy(broker, &sandbox, name, wasm, args.max_size)
+        .await
+        .map_err(|error| match error {
+            crate::registry::DeployError::Broker(error) => broker_failure(error),
+            other => Failure::new(
+                exit::INVALID_COMPONENT,
+                format!("{}: {other}", args.file.display()),
+            ),
+        })
+}
+
 #[derive(Debug, Args)]
 pub struct ComponentsArgs {
     /// Print JSON.
@@ -134,8 +216,8 @@ pub struct ComponentsArgs {
 }
 
 pub async fn components(args: ComponentsArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
-    let records = broker.components().await.map_err(broker_failure)?;
+    let endpoint = args.connection.endpoint().await?;
+    let records = endpoint.components().await.map_err(broker_failure)?;
     if args.json {
         say(serde_json::to_string(&records).unwrap_or_default());
         return Ok(exit::SUCCESS);
@@ -280,8 +362,7 @@ pub async fn call(args: CallArgs) -> Result<u8, Failure> {
         max_deliveries: args.max_deliveries,
         result_expires: args.result_expires,
     };
-    let broker = args.connection.connect().await?;
-    let client = Client::with_broker(broker);
+    let client = Client::with_producer(args.connection.endpoint().await?);
     let result = client
         .call(&args.task)
         .options(options)
@@ -294,7 +375,7 @@ pub async fn call(args: CallArgs) -> Result<u8, Failure> {
     }
     let timeout = args.timeout.unwrap_or(FOREVER);
     let record = client
-        .broker()
+        .producer()
         .wait(result.id(), timeout)
         .await
         .map_err(broker_failure)?;
@@ -385,11 +466,11 @@ pub struct ResultArgs {
 }
 
 pub async fn result(args: ResultArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
+    let endpoint = args.connection.endpoint().await?;
     let (record, timeout) = if args.wait {
         let timeout = args.timeout.unwrap_or(FOREVER);
         (
-            broker
+            endpoint
                 .wait(&args.id, timeout)
                 .await
                 .map_err(broker_failure)?,
@@ -397,7 +478,7 @@ pub async fn result(args: ResultArgs) -> Result<u8, Failure> {
         )
     } else {
         (
-            broker.record(&args.id).await.map_err(broker_failure)?,
+            endpoint.record(&args.id).await.map_err(broker_failure)?,
             Duration::ZERO,
         )
     };
@@ -416,8 +497,8 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
-    let Some(record) = broker.record(&args.id).await.map_err(broker_failure)? else {
+    let endpoint = args.connection.endpoint().await?;
+    let Some(record) = endpoint.record(&args.id).await.map_err(broker_failure)? else {
         return Err(Failure::new(
             exit::UNKNOWN_TASK,
             format!(
@@ -489,10 +570,10 @@ pub struct RevokeArgs {
 }
 
 pub async fn revoke(args: RevokeArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
+    let endpoint = args.connection.endpoint().await?;
     let id = &args.id;
-    match broker
-        .revoke(id, args.terminate, now_ms())
+    match endpoint
+        .revoke(id, args.terminate)
         .await
         .map_err(broker_failure)?
     {
@@ -522,12 +603,9 @@ pub struct PurgeArgs {
 }
 
 pub async fn purge(args: PurgeArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
+    let endpoint = args.connection.endpoint().await?;
     for queue in &args.queues {
-        let purged = broker
-            .purge(queue, now_ms())
-            .await
-            .map_err(broker_failure)?;
+        let purged = endpoint.purge(queue).await.map_err(broker_failure)?;
         say(format!("purged {purged} messages from {queue}"));
     }
     Ok(exit::SUCCESS)
@@ -562,10 +640,10 @@ enum DeadAction {
 }
 
 pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
-    let broker = args.connection.connect().await?;
+    let endpoint = args.connection.endpoint().await?;
     match args.action {
         DeadAction::List { limit, json } => {
-            let records = broker.dead(limit).await.map_err(broker_failure)?;
+            let records = endpoint.dead(limit).await.map_err(broker_failure)?;
             if json {
                 say(serde_json::to_string(&records).unwrap_or_default());
             }
@@ -583,8 +661,8 @@ pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
             }
         }
         DeadAction::Retry { id, .. } => {
-            let requeued = broker
-                .retry_dead(id.as_deref(), now_ms())
+            let requeued = endpoint
+                .retry_dead(id.as_deref())
                 .await
                 .map_err(broker_failure)?;
             if requeued == 0
@@ -598,7 +676,7 @@ pub async fn dead(args: DeadArgs) -> Result<u8, Failure> {
             say(format!("requeued {requeued}"));
         }
         DeadAction::Purge => {
-            let purged = broker.purge_dead().await.map_err(broker_failure)?;
+            let purged = endpoint.purge_dead().await.map_err(broker_failure)?;
             say(format!("purged {purged}"));
         }
     }

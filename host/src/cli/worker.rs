@@ -1,4 +1,5 @@
-//! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down warmly.
+//! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down warmly; with
+//! `--tenants`, the queues of every tenant of the hosted service.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use super::limits::LimitArgs;
 use super::queue::Connection;
 use super::{Failure, exit};
 use crate::units;
-use crate::worker::{WorkerConfig, run};
+use crate::worker::{WorkerConfig, run, run_tenants};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -18,9 +19,15 @@ pub struct WorkerArgs {
     /// Calls that run at once (default: the number of CPUs).
     #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Option<u32>,
-    /// Messages held per running slot, as Celery's prefetch multiplier.
+    /// Messages held per running slot, as Celery's prefetch multiplier (none beyond the
+    /// running calls with `--tenants`).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     prefetch_multiplier: u32,
+    /// Serve every tenant in the broker's tenant registry (each in its own namespace, new
+    /// tenants picked up within seconds), sharing the slots fairly; the URL's namespace is
+    /// ignored.
+    #[arg(long)]
+    tenants: bool,
     /// Worker name, shown in task records (default: wtq@HOST-PID).
     #[arg(long, short = 'n')]
     name: Option<String>,
@@ -76,10 +83,16 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             format!("starting the async runtime: {error}"),
         )
     };
-    // Guests run on `compute`, one thread per CPU; the broker is driven from `io`, whose thread
-    // guests never occupy (see the worker module).
+    // Guests run on `compute`, one thread per CPU (per slot with `--tenants`, see
+    // `compute_threads`); the broker is driven from `io`, whose thread guests never occupy
+    // (see the worker module).
+    let threads = if args.tenants {
+        crate::worker::compute_threads(concurrency, cpus)
+    } else {
+        cpus
+    };
     let compute = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cpus)
+        .worker_threads(threads)
         .thread_name("wtq-compute")
         .enable_all()
         .build()
@@ -103,7 +116,11 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             limits,
             reap_interval: args.reap_interval,
         };
-        let summary = run(config, broker, sandbox, compute_handle, shutdown_signal()).await;
+        let summary = if args.tenants {
+            run_tenants(config, broker, sandbox, compute_handle, shutdown_signal()).await
+        } else {
+            run(config, broker, sandbox, compute_handle, shutdown_signal()).await
+        };
         eprintln!(
             "worker stopped: {} succeeded, {} failed, {} retried, {} revoked, {} handed back, {} refused as stale",
             summary.succeeded, summary.failed, summary.retried, summary.revoked, summary.released, summary.stale
@@ -115,7 +132,7 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -137,7 +154,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn default_name() -> String {
+/// `wtq@HOST-PID`.
+pub(super) fn default_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|host| !host.is_empty())

@@ -18,6 +18,7 @@ mod state;
 mod validate;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -445,6 +446,7 @@ async fn run(
     };
 
     let mut instance_out = None;
+    let mut cpu = thread_cpu_time().map(|_| Duration::ZERO);
     let step = {
         let store = &mut store;
         let instance_out = &mut instance_out;
@@ -465,6 +467,7 @@ async fn run(
             *instance_out = Some(task);
             result
         };
+        let call = cpu_timed(call, &mut cpu);
         // A guest yields at every epoch tick, so a cancel is seen within one tick even while
         // it computes, and at once while it waits in a host call.
         tokio::select! {
@@ -505,6 +508,7 @@ async fn run(
     Ok(CallReport {
         outcome,
         duration: started.elapsed(),
+        cpu,
         fuel,
         peak_memory,
         log,
@@ -685,6 +689,7 @@ impl CallReport {
         CallReport {
             outcome: Outcome::Failure { kind, message },
             duration: started.elapsed(),
+            cpu: None,
             fuel: None,
             peak_memory: 0,
             log: String::new(),
@@ -692,6 +697,40 @@ impl CallReport {
             reused_instance: false,
         }
     }
+}
+
+/// `call`, adding the CPU time its thread spends in each poll to `cpu` (left alone when the
+/// platform has no per-thread CPU clock). Measured per poll because the future may move
+/// between threads; time the thread spends on other tasks between polls is not counted.
+fn cpu_timed<'a, F: Future + 'a>(
+    call: F,
+    cpu: &'a mut Option<Duration>,
+) -> impl Future<Output = F::Output> + 'a {
+    let mut call = Box::pin(call);
+    std::future::poll_fn(move |context| {
+        let before = thread_cpu_time();
+        let polled = call.as_mut().poll(context);
+        if let (Some(total), Some(before), Some(after)) = (cpu.as_mut(), before, thread_cpu_time())
+        {
+            *total += after.saturating_sub(before);
+        }
+        polled
+    })
+}
+
+/// CPU time the calling thread has used, where the platform measures it per thread.
+#[cfg(unix)]
+fn thread_cpu_time() -> Option<Duration> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Some(Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

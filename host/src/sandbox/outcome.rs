@@ -109,6 +109,9 @@ pub struct CallReport {
     pub outcome: Outcome,
     /// Wall-clock time of instantiate (when fresh) plus call.
     pub duration: Duration,
+    /// CPU time of the guest call (instantiate and call, host calls included) on the threads
+    /// that ran it; `None` where the platform has no per-thread CPU clock.
+    pub cpu: Option<Duration>,
     /// Fuel consumed, when the call ran metered.
     pub fuel: Option<u64>,
     /// Highest linear memory plus tables the instance held during the call, in bytes.

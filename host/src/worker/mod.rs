@@ -1,10 +1,20 @@
 //! The worker: leases messages from the broker in batches, runs each call in the sandbox under
 //! its limits, and settles it (result stored and message acknowledged in one atomic step).
 //!
-//! One function, top to bottom ([`run`]): the fetch loop runs here; beside it run a settler
-//! (batches settlements into one broker call), a keeper (renews every held lease and records
-//! STARTED / PROGRESS), a reaper (returns other workers' expired leases) and a listener for
-//! terminate requests.
+//! One function, top to bottom ([`run`] for one namespace, [`run_tenants`] for every tenant of
+//! the hosted service). A worker is a [`Process`] (the slot budget, the compute runtime, the
+//! counters) serving one *lane* per namespace. A lane runs a fetch loop; beside it run a
+//! settler (batches settlements into one broker call), a keeper (renews every held lease and
+//! records STARTED / PROGRESS), a reaper (returns other workers' expired leases) and a listener
+//! for terminate requests. Task ids are unique only within a namespace, so everything keyed by
+//! id lives in its lane.
+//!
+//! Slots: [`run`]'s single lane prefetches (`concurrency × prefetch`) and a message takes a
+//! slot when it starts. [`run_tenants`]'s lanes take slots *before* they reserve, one lane at a
+//! time in FIFO order (tokio's fair semaphore, one waiter per lane), and reserve at most as
+//! many messages as they hold slots: a flooding tenant then holds no prefetched messages that
+//! would queue ahead of another tenant's, and a freed slot goes to the lane that has waited
+//! longest.
 //!
 //! Guest calls run on a separate compute runtime. Everything that talks to the broker stays on
 //! the runtime `run` is called on, whose threads guests never occupy: with every compute thread
@@ -16,27 +26,36 @@
 //! within the shutdown timeout, stop the rest at their next epoch tick and hand them back too.
 
 mod components;
+mod outcome;
 mod settle;
+mod tenants;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use wtq_client::broker::{Broker, Delivery, Lease, Mark, Settle, Settlement};
 use wtq_client::message::{Progress, State, TaskFailure, now_ms};
 
 use crate::sandbox::{Limits, Sandbox};
 pub use components::ComponentError;
 use components::Components;
+pub use tenants::{compute_threads, run_tenants};
 
 /// Most messages asked for in one reserve.
 const MAX_BATCH: usize = 256;
 /// How long an idle worker waits for work before looking again (delayed messages become due
 /// without a wake-up).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How long a lane pauses after two empty reserves in a row with work waiting: its namespace
+/// is at its concurrency cap (a tenant quota), so asking again at once would only spin. One of
+/// the lane's own calls ending ends the pause early.
+const CAPPED_PAUSE: Duration = Duration::from_millis(100);
 /// How often STARTED / PROGRESS is written; a call shorter than this goes from RECEIVED to its
 /// final state without a STARTED write (Celery's `task_track_started` is off by default too).
 const MARK_INTERVAL: Duration = Duration::from_millis(100);
@@ -50,9 +69,10 @@ pub struct WorkerConfig {
     pub name: String,
     /// Queues to consume, in priority order.
     pub queues: Vec<String>,
-    /// Calls that run at once.
+    /// Calls that run at once (across every tenant, for [`run_tenants`]).
     pub concurrency: usize,
-    /// Messages held per running slot (Celery's prefetch multiplier).
+    /// Messages held per running slot (Celery's prefetch multiplier); [`run_tenants`] holds
+    /// none beyond its running calls.
     pub prefetch_multiplier: usize,
     /// How long a delivery is leased; renewed every third of it while the task runs.
     pub lease: Duration,
@@ -100,22 +120,40 @@ struct Held {
     progress: watch::Receiver<Option<Progress>>,
 }
 
-/// What the worker's parts share.
-struct Shared<B> {
+/// What every lane of a worker process shares.
+struct Process {
     config: WorkerConfig,
-    broker: B,
-    components: Components<B>,
-    held: Mutex<HashMap<String, Held>>,
-    /// Terminate requests for ids not (yet) held, in case the request beat the delivery.
-    early_terminations: Mutex<HashSet<String>>,
-    slots: Semaphore,
+    /// One permit per call that may run at once, shared by every lane. Fair (FIFO) lanes take
+    /// theirs before they reserve; a prefetching lane when a message starts.
+    slots: Arc<Semaphore>,
+    /// Whether lanes take slots before reserving (multi-tenant) or prefetch (one namespace).
+    fair: bool,
+    /// Woken whenever any lane settles, for the warm shutdown.
     freed: Notify,
-    shutting_down: AtomicBool,
-    settle: mpsc::UnboundedSender<Settle>,
     counts: Counts,
     /// Where guest calls run.
     compute: tokio::runtime::Handle,
 }
+
+/// One namespace served by a worker: its broker and everything keyed by task id.
+struct Lane<B> {
+    process: Arc<Process>,
+    broker: B,
+    /// The tenant whose tasks these are (`""` outside the hosted service): warm instances
+    /// never cross tenants, and a guest's `context().tenant` is this.
+    tenant: String,
+    components: Components<B>,
+    held: Mutex<HashMap<String, Held>>,
+    /// Terminate requests for ids not (yet) held, in case the request beat the delivery.
+    early_terminations: Mutex<HashSet<String>>,
+    /// Woken whenever this lane settles: its fetch loop may have room again.
+    freed: Notify,
+    settle: mpsc::UnboundedSender<Settle>,
+}
+
+/// A lane's background parts (settler, keeper, reaper, listener), aborted once it holds
+/// nothing more.
+struct Parts(Vec<JoinHandle<()>>);
 
 #[derive(Default)]
 struct Counts {
@@ -128,8 +166,9 @@ struct Counts {
     unsettled: AtomicU64,
 }
 
-/// Runs a worker until `shutdown` resolves, then shuts down warmly. Guest calls run on
-/// `compute` (a multi-thread runtime); the broker is driven from the calling runtime.
+/// Runs a worker over one namespace until `shutdown` resolves, then shuts down warmly. Guest
+/// calls run on `compute` (a multi-thread runtime); the broker is driven from the calling
+/// runtime.
 pub async fn run<B>(
     config: WorkerConfig,
     broker: B,
@@ -140,51 +179,102 @@ pub async fn run<B>(
 where
     B: Broker + Clone,
 {
-    let (settle_sender, settle_receiver) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        components: Components::new(broker.clone(), sandbox),
-        slots: Semaphore::new(config.concurrency.max(1)),
-        config,
-        broker,
-        held: Mutex::new(HashMap::new()),
-        early_terminations: Mutex::new(HashSet::new()),
-        freed: Notify::new(),
-        shutting_down: AtomicBool::new(false),
-        settle: settle_sender,
-        counts: Counts::default(),
-        compute,
-    });
+    let process = Process::new(config, compute, false);
     tracing::info!(
-        worker = %shared.config.name,
-        queues = ?shared.config.queues,
-        concurrency = shared.config.concurrency,
+        worker = %process.config.name,
+        queues = ?process.config.queues,
+        concurrency = process.config.concurrency,
         "worker started"
     );
-    let settler = tokio::spawn(settle::run(shared.clone(), settle_receiver));
-    let keeper = tokio::spawn(keep(shared.clone()));
-    let reaper = tokio::spawn(reap(shared.clone()));
-    let listener = tokio::spawn(listen(shared.clone()));
-
+    let (lane, parts) = Lane::start(&process, broker, String::new(), sandbox);
     tokio::pin!(shutdown);
-    fetch(&shared, &mut shutdown).await;
+    fetch(&lane, &mut shutdown).await;
+    shut_down(&process, std::slice::from_ref(&lane)).await;
+    parts.abort();
+    process.finish()
+}
 
-    // Warm shutdown.
-    shared.shutting_down.store(true, Ordering::SeqCst);
-    shared.slots.close();
-    let running = shared
-        .held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+impl Process {
+    fn new(config: WorkerConfig, compute: tokio::runtime::Handle, fair: bool) -> Arc<Process> {
+        Arc::new(Process {
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            fair,
+            freed: Notify::new(),
+            counts: Counts::default(),
+            compute,
+        })
+    }
+
+    /// The summary, logged.
+    fn finish(&self) -> Summary {
+        let summary = self.counts.summary();
+        tracing::info!(?summary, "worker stopped");
+        summary
+    }
+}
+
+impl<B: Broker + Clone> Lane<B> {
+    /// A lane over `broker` with its background parts running; its fetch loop is the
+    /// caller's to run.
+    fn start(
+        process: &Arc<Process>,
+        broker: B,
+        tenant: String,
+        sandbox: Sandbox,
+    ) -> (Arc<Lane<B>>, Parts) {
+        let (settle_sender, settle_receiver) = mpsc::unbounded_channel();
+        let lane = Arc::new(Lane {
+            process: process.clone(),
+            components: Components::new(broker.clone(), sandbox),
+            broker,
+            tenant,
+            held: Mutex::new(HashMap::new()),
+            early_terminations: Mutex::new(HashSet::new()),
+            freed: Notify::new(),
+            settle: settle_sender,
+        });
+        let parts = Parts(vec![
+            tokio::spawn(settle::run(lane.clone(), settle_receiver)),
+            tokio::spawn(keep(lane.clone())),
+            tokio::spawn(reap(lane.clone())),
+            tokio::spawn(listen(lane.clone())),
+        ]);
+        (lane, parts)
+    }
+}
+
+impl<B> Lane<B> {
+    fn held_count(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Parts {
+    /// Stops the parts. Every settlement is done once the lane holds nothing: the settler
+    /// removes a task only after its settlement returned.
+    fn abort(&self) {
+        for part in &self.0 {
+            part.abort();
+        }
+    }
+}
+
+/// Warm shutdown of every lane, whose fetch loops have returned: slots close (prefetched
+/// messages go back), running calls get the shutdown timeout, then are stopped and handed back.
+async fn shut_down<B>(process: &Process, lanes: &[Arc<Lane<B>>]) {
+    process.slots.close();
+    let running = |lanes: &[Arc<Lane<B>>]| lanes.iter().map(|lane| lane.held_count()).sum();
     tracing::info!(
-        running,
+        running = running(lanes),
         "warm shutdown: no new work; waiting for running tasks"
     );
-    let deadline = Instant::now() + shared.config.shutdown_timeout;
-    while !held_is_empty(&shared) && Instant::now() < deadline {
-        let _ = tokio::time::timeout_at(deadline.into(), shared.freed.notified()).await;
-    }
-    let stopped = stop_all(&shared, StopReason::Shutdown);
+    let deadline = Instant::now() + process.config.shutdown_timeout;
+    wait_until_settled(process, lanes, deadline).await;
+    let stopped = stop_all(lanes, StopReason::Shutdown);
     if stopped > 0 {
         tracing::info!(
             stopped,
@@ -193,101 +283,122 @@ where
     }
     // Stopped calls end within one epoch tick; their settlements may wait for a broker that
     // is down, but not past the lease, after which others reclaim them anyway.
-    let give_up = Instant::now() + shared.config.lease;
-    while !held_is_empty(&shared) && Instant::now() < give_up {
-        let _ = tokio::time::timeout_at(give_up.into(), shared.freed.notified()).await;
-    }
-    let unsettled = shared
-        .held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    wait_until_settled(process, lanes, Instant::now() + process.config.lease).await;
+    let unsettled: usize = running(lanes);
     if unsettled > 0 {
         tracing::warn!(
             unsettled,
             "could not settle every task before exiting; their leases will expire and other workers will run them"
         );
     }
-    // Every settlement is done once nothing is held: the settler removes a task only after
-    // its settlement returned.
-    for part in [listener, reaper, keeper, settler] {
-        part.abort();
+}
+
+/// Waits until no lane holds a delivery, or `deadline`.
+async fn wait_until_settled<B>(process: &Process, lanes: &[Arc<Lane<B>>], deadline: Instant) {
+    loop {
+        // Registered before looking, so a settlement in between still wakes it.
+        let freed = process.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if lanes.iter().all(|lane| lane.held_count() == 0) || Instant::now() >= deadline {
+            return;
+        }
+        let _ = tokio::time::timeout_at(deadline.into(), freed).await;
     }
-    let summary = shared.counts.summary();
-    tracing::info!(?summary, "worker stopped");
-    summary
 }
 
-fn held_is_empty<B>(shared: &Shared<B>) -> bool {
-    shared
-        .held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .is_empty()
-}
-
-fn stop_all<B>(shared: &Shared<B>, reason: StopReason) -> usize {
-    let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
-    for entry in held.values_mut() {
-        entry.reason.get_or_insert(reason);
-        entry.stop.send_replace(true);
+fn stop_all<B>(lanes: &[Arc<Lane<B>>], reason: StopReason) -> usize {
+    let mut stopped = 0;
+    for lane in lanes {
+        let mut held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in held.values_mut() {
+            entry.reason.get_or_insert(reason);
+            entry.stop.send_replace(true);
+        }
+        stopped += held.len();
     }
-    held.len()
+    stopped
 }
 
-/// Leases messages while there is room, until shutdown.
+/// What a fetch loop may reserve now.
+enum Room {
+    /// Up to this many messages; for a fair lane, with one slot per message already taken.
+    Some(usize, Option<OwnedSemaphorePermit>),
+    /// Nothing until one of the lane's calls ends.
+    Full,
+    Shutdown,
+}
+
+/// Leases messages for `lane` while there is room, until shutdown.
 async fn fetch<B: Broker + Clone>(
-    shared: &Arc<Shared<B>>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    lane: &Arc<Lane<B>>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) {
-    let config = &shared.config;
-    let room_total = config.concurrency.max(1) * config.prefetch_multiplier.max(1);
+    let config = &lane.process.config;
     let lease_ms = config.lease.as_millis() as u64;
     let mut backoff = Duration::from_millis(50);
+    // When the last reserve came back empty, and whether it followed another empty one.
+    let mut last_empty: Option<Instant> = None;
     loop {
         // Registered before the room is counted, so a slot freed in between still wakes us.
-        let freed = shared.freed.notified();
+        let freed = lane.freed.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
         if requested(shutdown).await {
             return;
         }
-        let held = shared
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        let room = room_total.saturating_sub(held).min(MAX_BATCH);
-        if room == 0 {
-            tokio::select! {
-                biased;
-                () = &mut *shutdown => return,
-                () = freed => continue,
+        let (room, slots) = match room(lane, shutdown).await {
+            Room::Some(room, slots) => (room, slots),
+            Room::Shutdown => return,
+            Room::Full => {
+                tokio::select! {
+                    biased;
+                    () = &mut *shutdown => return,
+                    () = freed => continue,
+                }
             }
-        }
+        };
         // Not raced with shutdown: the script runs whether or not its reply is awaited, and
         // what it leased must be registered to be handed back at once.
-        let reserved = shared
+        let reserved = lane
             .broker
             .reserve(&config.name, &config.queues, room, lease_ms, now_ms())
             .await;
         match reserved {
             Ok(deliveries) if deliveries.is_empty() => {
+                drop(slots);
                 backoff = Duration::from_millis(50);
+                // `wait_for_work` returns at once while messages are ready, and they stay
+                // ready while the namespace is at its concurrency cap: after a second empty
+                // reserve in a row that did not wait, pause (or until one of ours ends).
+                if last_empty.is_some_and(|at| at.elapsed() < IDLE_WAIT) {
+                    tokio::select! {
+                        biased;
+                        () = &mut *shutdown => return,
+                        () = &mut freed => {}
+                        () = tokio::time::sleep(CAPPED_PAUSE) => {}
+                    }
+                }
+                last_empty = Some(Instant::now());
                 tokio::select! {
                     biased;
                     () = &mut *shutdown => return,
-                    _ = shared.broker.wait_for_work(&config.queues, IDLE_WAIT) => {}
+                    _ = lane.broker.wait_for_work(&config.queues, IDLE_WAIT) => {}
                 }
             }
             Ok(deliveries) => {
                 backoff = Duration::from_millis(50);
+                last_empty = None;
+                let mut slots = slots;
                 for delivery in deliveries {
-                    start(shared, delivery);
+                    // A fair lane holds one slot per message it asked for.
+                    let slot = slots.as_mut().and_then(|slots| slots.split(1));
+                    start(lane, delivery, slot);
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "cannot reserve work; retrying");
+                drop(slots);
+                tracing::warn!(tenant = %lane.tenant, %error, retry_in = ?backoff, "cannot reserve work; retrying");
                 tokio::select! {
                     biased;
                     () = &mut *shutdown => return,
@@ -299,8 +410,40 @@ async fn fetch<B: Broker + Clone>(
     }
 }
 
+/// How many messages `lane` may reserve. A prefetching lane counts what it holds; a fair lane
+/// waits its turn for one slot, then takes any others no lane is waiting for.
+async fn room<B>(lane: &Lane<B>, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> Room {
+    let process = &lane.process;
+    if !process.fair {
+        let config = &process.config;
+        let room_total = config.concurrency.max(1) * config.prefetch_multiplier.max(1);
+        let room = room_total.saturating_sub(lane.held_count()).min(MAX_BATCH);
+        return if room == 0 {
+            Room::Full
+        } else {
+            Room::Some(room, None)
+        };
+    }
+    let mut slots = tokio::select! {
+        biased;
+        () = &mut *shutdown => return Room::Shutdown,
+        slot = process.slots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return Room::Shutdown,
+        },
+    };
+    // Permits are handed to waiters first, so the ones left over are wanted by no other lane.
+    let spare = process.slots.available_permits().min(MAX_BATCH - 1);
+    if spare > 0
+        && let Ok(more) = process.slots.clone().try_acquire_many_owned(spare as u32)
+    {
+        slots.merge(more);
+    }
+    Room::Some(slots.num_permits(), Some(slots))
+}
+
 /// Whether `shutdown` has resolved, without waiting for it.
-async fn requested(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+async fn requested(shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> bool {
     tokio::select! {
         biased;
         () = shutdown.as_mut() => true,
@@ -308,11 +451,15 @@ async fn requested(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) 
     }
 }
 
-/// Registers a delivery and spawns its execution.
-fn start<B: Broker + Clone>(shared: &Arc<Shared<B>>, delivery: Delivery) {
+/// Registers a delivery and spawns its execution, with its slot if it already has one.
+fn start<B: Broker + Clone>(
+    lane: &Arc<Lane<B>>,
+    delivery: Delivery,
+    slot: Option<OwnedSemaphorePermit>,
+) {
     let (stop, stopped) = watch::channel(false);
     let (progress_sender, progress) = watch::channel(None);
-    let early = shared
+    let early = lane
         .early_terminations
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -330,20 +477,25 @@ fn start<B: Broker + Clone>(shared: &Arc<Shared<B>>, delivery: Delivery) {
     if early {
         held.stop.send_replace(true);
     }
-    shared
-        .held
+    lane.held
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(delivery.id.clone(), held);
-    shared
-        .compute
-        .spawn(execute(shared.clone(), delivery, stopped, progress_sender));
+    lane.process.compute.spawn(execute(
+        lane.clone(),
+        delivery,
+        slot,
+        stopped,
+        progress_sender,
+    ));
 }
 
-/// Runs one delivery and hands its settlement to the settler.
+/// Runs one delivery (taking a slot first if it has none) and hands its settlement to the
+/// settler.
 async fn execute<B: Broker + Clone>(
-    shared: Arc<Shared<B>>,
+    lane: Arc<Lane<B>>,
     delivery: Delivery,
+    slot: Option<OwnedSemaphorePermit>,
     stopped: watch::Receiver<bool>,
     progress: watch::Sender<Option<Progress>>,
 ) {
@@ -351,17 +503,21 @@ async fn execute<B: Broker + Clone>(
         id: delivery.id.clone(),
         token: delivery.token,
     };
-    let settlement = match shared.slots.acquire().await {
+    let slot = match slot {
+        Some(slot) => Some(slot),
+        None => lane.process.slots.clone().acquire_owned().await.ok(),
+    };
+    let settlement = match slot {
         // Closed: warm shutdown began before this prefetched message got a slot; it goes back
         // (unless it was revoked meanwhile).
-        Err(_) => stopped_settlement(&shared, &delivery, None, None),
-        Ok(_permit) => run_one(&shared, &delivery, stopped, progress).await,
+        None => stopped_settlement(&lane, &delivery, None, None),
+        Some(_slot) => run_one(&lane, &delivery, stopped, progress).await,
     };
-    let _ = shared.settle.send(Settle { lease, settlement });
+    let _ = lane.settle.send(Settle { lease, settlement });
 }
 
 async fn run_one<B: Broker + Clone>(
-    shared: &Shared<B>,
+    lane: &Lane<B>,
     delivery: &Delivery,
     stopped: watch::Receiver<bool>,
     progress: watch::Sender<Option<Progress>>,
@@ -369,7 +525,7 @@ async fn run_one<B: Broker + Clone>(
     let message = match &delivery.message {
         Ok(message) => message,
         Err(reason) => {
-            tracing::warn!(id = %delivery.id, %reason, "undecodable message; dead-lettering it");
+            tracing::warn!(id = %delivery.id, tenant = %lane.tenant, %reason, "undecodable message; dead-lettering it");
             return Settlement::DeadLetter(TaskFailure {
                 kind: "malformed_message".into(),
                 message: format!("the message could not be decoded: {reason}"),
@@ -377,16 +533,16 @@ async fn run_one<B: Broker + Clone>(
         }
     };
     if *stopped.borrow() {
-        return stopped_settlement(shared, delivery, None, None);
+        return stopped_settlement(lane, delivery, None, None);
     }
-    let (component, digest) = match shared.components.get(message).await {
+    let (component, digest) = match lane.components.get(message).await {
         Ok(found) => found,
         Err(ComponentError::Broker(error)) => {
-            tracing::warn!(id = %delivery.id, %error, "registry unreachable; handing the task back");
-            return stopped_settlement(shared, delivery, None, None);
+            tracing::warn!(id = %delivery.id, tenant = %lane.tenant, %error, "registry unreachable; handing the task back");
+            return stopped_settlement(lane, delivery, None, None);
         }
         Err(ComponentError::Unavailable(reason)) => {
-            let attempt = outcome::attempt(shared, delivery, None, None, State::Failure);
+            let attempt = outcome::attempt(lane, delivery, None, None, State::Failure);
             return Settlement::Finish(wtq_client::message::Attempt {
                 error: Some(TaskFailure {
                     kind: "unknown_component".into(),
@@ -397,7 +553,7 @@ async fn run_one<B: Broker + Clone>(
         }
     };
     let started_ms = now_ms();
-    if let Some(held) = shared
+    if let Some(held) = lane
         .held
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -405,23 +561,23 @@ async fn run_one<B: Broker + Clone>(
     {
         held.started_ms = Some(started_ms);
     }
-    let limits = outcome::limits(&shared.config.limits, &message.limits);
+    let limits = outcome::limits(&lane.process.config.limits, &message.limits);
     let request = crate::sandbox::CallRequest {
         task: &message.task,
         args: &message.args,
         task_id: &delivery.id,
         attempt: delivery.attempt,
-        tenant: "",
+        tenant: &lane.tenant,
         limits,
         cancel: Some(stopped),
         progress: Some(progress),
     };
     match component.call(&request).await {
-        Ok(report) => outcome::settlement(shared, delivery, message, &digest, started_ms, report),
+        Ok(report) => outcome::settlement(lane, delivery, message, &digest, started_ms, report),
         Err(error) => {
             // The host failed (e.g. the instance pool is exhausted), not the task: retry later.
-            tracing::error!(id = %delivery.id, %error, "sandbox failure; handing the task back");
-            stopped_settlement(shared, delivery, None, None)
+            tracing::error!(id = %delivery.id, tenant = %lane.tenant, %error, "sandbox failure; handing the task back");
+            stopped_settlement(lane, delivery, None, None)
         }
     }
 }
@@ -429,12 +585,12 @@ async fn run_one<B: Broker + Clone>(
 /// The settlement of a delivery that was stopped before or while running, or that cannot run
 /// now: REVOKED if it was revoked with terminate, otherwise handed back.
 fn stopped_settlement<B>(
-    shared: &Shared<B>,
+    lane: &Lane<B>,
     delivery: &Delivery,
     digest: Option<&str>,
     started_ms: Option<u64>,
 ) -> Settlement {
-    let reason = shared
+    let reason = lane
         .held
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -442,7 +598,7 @@ fn stopped_settlement<B>(
         .and_then(|held| held.reason);
     match reason {
         Some(StopReason::Revoked) => {
-            let attempt = outcome::attempt(shared, delivery, digest, started_ms, State::Revoked);
+            let attempt = outcome::attempt(lane, delivery, digest, started_ms, State::Revoked);
             Settlement::Finish(wtq_client::message::Attempt {
                 error: Some(TaskFailure {
                     kind: "terminated".into(),
@@ -456,29 +612,28 @@ fn stopped_settlement<B>(
     }
 }
 
-mod outcome;
-
-/// Renews held leases and records STARTED / PROGRESS.
-async fn keep<B: Broker + Clone>(shared: Arc<Shared<B>>) {
-    let lease_ms = shared.config.lease.as_millis() as u64;
-    let renew_every = (shared.config.lease / 3).max(MARK_INTERVAL);
+/// Renews the lane's held leases and records STARTED / PROGRESS.
+async fn keep<B: Broker + Clone>(lane: Arc<Lane<B>>) {
+    let config = &lane.process.config;
+    let lease_ms = config.lease.as_millis() as u64;
+    let renew_every = (config.lease / 3).max(MARK_INTERVAL);
     let mut last_renewal = Instant::now();
     let mut ticker = tokio::time::interval(MARK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let now = now_ms();
-        let marks = due_marks(&shared, now);
+        let marks = due_marks(&lane, now);
         if !marks.is_empty()
-            && let Err(error) = shared.broker.mark(&marks).await
+            && let Err(error) = lane.broker.mark(&marks).await
         {
-            tracing::warn!(%error, "cannot record task progress");
+            tracing::warn!(tenant = %lane.tenant, %error, "cannot record task progress");
         }
         if last_renewal.elapsed() < renew_every {
             continue;
         }
         last_renewal = Instant::now();
-        let leases: Vec<Lease> = shared
+        let leases: Vec<Lease> = lane
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -491,28 +646,30 @@ async fn keep<B: Broker + Clone>(shared: Arc<Shared<B>>) {
         if leases.is_empty() {
             continue;
         }
-        match shared.broker.renew(&leases, lease_ms, now_ms()).await {
+        match lane.broker.renew(&leases, lease_ms, now_ms()).await {
             Ok(held_still) => {
-                let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
                 for (lease, kept) in leases.iter().zip(held_still) {
                     if let Some(entry) = held.get_mut(&lease.id)
                         && !kept
                         && entry.token == lease.token
                     {
-                        tracing::warn!(id = %lease.id, "lease lost (taken over after expiry); stopping the task");
+                        tracing::warn!(id = %lease.id, tenant = %lane.tenant, "lease lost (taken over after expiry); stopping the task");
                         entry.reason.get_or_insert(StopReason::LeaseLost);
                         entry.stop.send_replace(true);
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot renew leases; will retry"),
+            Err(error) => {
+                tracing::warn!(tenant = %lane.tenant, %error, "cannot renew leases; will retry")
+            }
         }
     }
 }
 
 /// STARTED for calls running longer than one mark interval, PROGRESS for new reports.
-fn due_marks<B>(shared: &Shared<B>, now: u64) -> Vec<Mark> {
-    let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+fn due_marks<B>(lane: &Lane<B>, now: u64) -> Vec<Mark> {
+    let mut held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
     let mut marks = Vec::new();
     for (id, entry) in held.iter_mut() {
         let Some(started_ms) = entry.started_ms else {
@@ -546,44 +703,48 @@ fn due_marks<B>(shared: &Shared<B>, now: u64) -> Vec<Mark> {
     marks
 }
 
-/// Returns expired leases (of any worker) to their queues.
-async fn reap<B: Broker + Clone>(shared: Arc<Shared<B>>) {
-    let mut ticker = tokio::time::interval(shared.config.reap_interval);
+/// Returns the lane's namespace's expired leases (of any worker) to their queues.
+async fn reap<B: Broker + Clone>(lane: Arc<Lane<B>>) {
+    let mut ticker = tokio::time::interval(lane.process.config.reap_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match shared.broker.reap(now_ms(), 1000).await {
+        match lane.broker.reap(now_ms(), 1000).await {
             Ok(0) => {}
-            Ok(reclaimed) => tracing::info!(reclaimed, "returned expired leases to their queues"),
-            Err(error) => tracing::warn!(%error, "cannot reap expired leases"),
+            Ok(reclaimed) => {
+                tracing::info!(tenant = %lane.tenant, reclaimed, "returned expired leases to their queues")
+            }
+            Err(error) => {
+                tracing::warn!(tenant = %lane.tenant, %error, "cannot reap expired leases")
+            }
         }
     }
 }
 
-/// Stops held tasks that are revoked with terminate.
-async fn listen<B: Broker + Clone>(shared: Arc<Shared<B>>) {
+/// Stops held tasks of the lane that are revoked with terminate.
+async fn listen<B: Broker + Clone>(lane: Arc<Lane<B>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut requests = match shared.broker.terminations().await {
+        let mut requests = match lane.broker.terminations().await {
             Ok(requests) => requests,
             Err(error) => {
-                tracing::warn!(%error, "cannot subscribe to terminate requests; retrying");
+                tracing::warn!(tenant = %lane.tenant, %error, "cannot subscribe to terminate requests; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         while let Some(id) = requests.recv().await {
-            let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
             match held.get_mut(&id) {
                 Some(entry) => {
-                    tracing::info!(%id, "terminating on request");
+                    tracing::info!(%id, tenant = %lane.tenant, "terminating on request");
                     entry.reason.get_or_insert(StopReason::Revoked);
                     entry.stop.send_replace(true);
                 }
                 None => {
                     drop(held);
-                    remember_early(&shared, id);
+                    remember_early(&lane, id);
                 }
             }
         }
@@ -593,8 +754,8 @@ async fn listen<B: Broker + Clone>(shared: Arc<Shared<B>>) {
 /// Most remembered terminate requests for ids not held; older ones are dropped.
 const MAX_EARLY_TERMINATIONS: usize = 10_000;
 
-fn remember_early<B>(shared: &Shared<B>, id: String) {
-    let mut early = shared
+fn remember_early<B>(lane: &Lane<B>, id: String) {
+    let mut early = lane
         .early_terminations
         .lock()
         .unwrap_or_else(PoisonError::into_inner);

@@ -6,7 +6,7 @@ use wtq_client::message::{
     Attempt, Backoff, DEFAULT_MAX_RETRIES, LimitOverrides, State, TaskFailure, TaskMessage, now_ms,
 };
 
-use super::Shared;
+use super::Lane;
 use crate::sandbox::{CallReport, FailureKind, Limits, Outcome};
 
 /// Longest log tail kept with an attempt.
@@ -26,7 +26,7 @@ pub(super) fn limits(defaults: &Limits, overrides: &LimitOverrides) -> Limits {
 
 /// An attempt record with no outcome yet.
 pub(super) fn attempt<B>(
-    shared: &Shared<B>,
+    lane: &Lane<B>,
     delivery: &Delivery,
     digest: Option<&str>,
     started_ms: Option<u64>,
@@ -34,7 +34,7 @@ pub(super) fn attempt<B>(
 ) -> Attempt {
     Attempt {
         attempt: delivery.attempt,
-        worker: shared.config.name.clone(),
+        worker: lane.process.config.name.clone(),
         digest: digest.map(str::to_string),
         received_ms: delivery.received_ms,
         started_ms,
@@ -44,6 +44,7 @@ pub(super) fn attempt<B>(
         error: None,
         duration_ms: None,
         fuel: None,
+        cpu_ms: None,
         peak_memory: None,
         log: String::new(),
     }
@@ -60,7 +61,7 @@ fn retryable(kind: FailureKind) -> bool {
 }
 
 pub(super) fn settlement<B>(
-    shared: &Shared<B>,
+    lane: &Lane<B>,
     delivery: &Delivery,
     message: &TaskMessage,
     digest: &str,
@@ -68,13 +69,14 @@ pub(super) fn settlement<B>(
     report: CallReport,
 ) -> Settlement {
     let mut attempt = attempt(
-        shared,
+        lane,
         delivery,
         Some(digest),
         Some(started_ms),
         State::Success,
     );
     attempt.duration_ms = Some(report.duration.as_secs_f64() * 1e3);
+    attempt.cpu_ms = report.cpu.map(|cpu| cpu.as_secs_f64() * 1e3);
     attempt.fuel = report.fuel;
     attempt.peak_memory = Some(report.peak_memory);
     attempt.log = tail(report.log);
@@ -98,7 +100,7 @@ pub(super) fn settlement<B>(
         Outcome::Failure {
             kind: FailureKind::Terminated,
             ..
-        } => super::stopped_settlement(shared, delivery, Some(digest), Some(started_ms))
+        } => super::stopped_settlement(lane, delivery, Some(digest), Some(started_ms))
             .with_metrics(&attempt),
         Outcome::Failure {
             kind,
@@ -151,11 +153,12 @@ trait WithMetrics {
 }
 
 impl WithMetrics for Settlement {
-    /// Carries duration, fuel, memory and log over to a revoked attempt.
+    /// Carries duration, CPU time, fuel, memory and log over to a revoked attempt.
     fn with_metrics(self, measured: &Attempt) -> Self {
         match self {
             Settlement::Finish(attempt) => Settlement::Finish(Attempt {
                 duration_ms: measured.duration_ms,
+                cpu_ms: measured.cpu_ms,
                 fuel: measured.fuel,
                 peak_memory: measured.peak_memory,
                 log: measured.log.clone(),

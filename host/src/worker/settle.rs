@@ -9,13 +9,13 @@ use tokio::sync::mpsc;
 use wtq_client::broker::{self, Broker, Settle, Settled, Settlement};
 use wtq_client::message::{State, now_ms};
 
-use super::{MAX_BACKOFF, Shared};
+use super::{Lane, MAX_BACKOFF};
 
 /// Most settlements sent in one broker call.
 const MAX_SETTLE_BATCH: usize = 512;
 
 pub(super) async fn run<B: Broker + Clone>(
-    shared: Arc<Shared<B>>,
+    lane: Arc<Lane<B>>,
     mut settlements: mpsc::UnboundedReceiver<Settle>,
 ) {
     let mut batch = Vec::with_capacity(MAX_SETTLE_BATCH);
@@ -27,8 +27,8 @@ pub(super) async fn run<B: Broker + Clone>(
                 Err(_) => break,
             }
         }
-        let outcomes = send(&shared, &batch).await;
-        let mut held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcomes = send(&lane, &batch).await;
+        let mut held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
         for (settle, outcome) in batch.drain(..).zip(outcomes) {
             // A newer delivery of the same id to this worker is not this settlement's to end.
             if held
@@ -37,10 +37,11 @@ pub(super) async fn run<B: Broker + Clone>(
             {
                 held.remove(&settle.lease.id);
             }
-            count(&shared, &settle, outcome);
+            count(&lane, &settle, outcome);
         }
         drop(held);
-        shared.freed.notify_waiters();
+        lane.freed.notify_waiters();
+        lane.process.freed.notify_waiters();
     }
 }
 
@@ -53,18 +54,18 @@ const REFUSED_ATTEMPTS: u32 = 8;
 /// stale and another worker runs the task again). A batch the broker keeps refusing is split,
 /// so one bad settlement cannot hold back the others; that one is given up (`None`): its lease
 /// expires, and the reaper's delivery count stops it from looping forever.
-async fn send<B: Broker>(shared: &Shared<B>, batch: &[Settle]) -> Vec<Option<Settled>> {
+async fn send<B: Broker>(lane: &Lane<B>, batch: &[Settle]) -> Vec<Option<Settled>> {
     let mut backoff = Duration::from_millis(50);
     let mut refused = 0;
     loop {
-        match shared.broker.settle(batch.to_vec(), now_ms()).await {
+        match lane.broker.settle(batch.to_vec(), now_ms()).await {
             Ok(outcomes) => return outcomes.into_iter().map(Some).collect(),
             Err(error @ broker::Error::Unreachable { .. }) => {
-                tracing::warn!(%error, tasks = batch.len(), retry_in = ?backoff, "cannot store results; retrying");
+                tracing::warn!(tenant = %lane.tenant, %error, tasks = batch.len(), retry_in = ?backoff, "cannot store results; retrying");
             }
             Err(error) if refused < REFUSED_ATTEMPTS => {
                 refused += 1;
-                tracing::warn!(%error, tasks = batch.len(), retry_in = ?backoff, "the broker refused results; retrying");
+                tracing::warn!(tenant = %lane.tenant, %error, tasks = batch.len(), retry_in = ?backoff, "the broker refused results; retrying");
             }
             Err(error) if batch.len() == 1 => {
                 tracing::error!(%error, id = %batch[0].lease.id, "the broker refuses this result; giving it up (the task will be delivered again)");
@@ -72,8 +73,8 @@ async fn send<B: Broker>(shared: &Shared<B>, batch: &[Settle]) -> Vec<Option<Set
             }
             Err(_) => {
                 let (left, right) = batch.split_at(batch.len() / 2);
-                let mut outcomes = Box::pin(send(shared, left)).await;
-                outcomes.extend(Box::pin(send(shared, right)).await);
+                let mut outcomes = Box::pin(send(lane, left)).await;
+                outcomes.extend(Box::pin(send(lane, right)).await);
                 return outcomes;
             }
         }
@@ -82,8 +83,8 @@ async fn send<B: Broker>(shared: &Shared<B>, batch: &[Settle]) -> Vec<Option<Set
     }
 }
 
-fn count<B>(shared: &Shared<B>, settle: &Settle, outcome: Option<Settled>) {
-    let counts = &shared.counts;
+fn count<B>(lane: &Lane<B>, settle: &Settle, outcome: Option<Settled>) {
+    let counts = &lane.process.counts;
     let Some(outcome) = outcome else {
         counts.unsettled.fetch_add(1, Ordering::Relaxed);
         return;
