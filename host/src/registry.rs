@@ -36,6 +36,18 @@ pub async fn deploy<B: Broker>(
     wasm: Vec<u8>,
     max_size: u64,
 ) -> Result<ComponentRecord, DeployError> {
+    let upload = validate(sandbox, name, wasm, max_size).await?;
+    Ok(broker.put_component(upload).await?)
+}
+
+/// Validates `wasm` as the next version of `name` and prepares what to store (compressed),
+/// touching no broker: the caller stores it (under its own deadline, in the service).
+pub async fn validate(
+    sandbox: &Sandbox,
+    name: &str,
+    wasm: Vec<u8>,
+    max_size: u64,
+) -> Result<Upload, DeployError> {
     if !valid_name(name) {
         return Err(DeployError::Name(name.to_string()));
     }
@@ -51,7 +63,7 @@ pub async fn deploy<B: Broker>(
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(&wasm).map_err(DeployError::Compress)?;
     let compressed = encoder.finish().map_err(DeployError::Compress)?;
-    let upload = Upload {
+    Ok(Upload {
         name: name.to_string(),
         version: Version {
             digest: component.digest().to_string(),
@@ -60,6 +72,5 @@ pub async fn deploy<B: Broker>(
             size,
         },
         compressed,
-    };
-    Ok(broker.put_component(upload).await?)
+    })
 }

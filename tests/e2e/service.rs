@@ -632,7 +632,31 @@ async fn redis_down_answers_503_within_a_second() {
     let http = http_client();
     let reply = request(&http, &service, "GET", "/v1/components", Some(token), None).await;
     assert_eq!(reply.status, 200);
+    let math = guest_bytes("math");
+    let upload = |http: reqwest::Client, url: String, math: Vec<u8>| async move {
+        http.post(format!("{url}/v1/components/math"))
+            .bearer_auth(token)
+            .body(math)
+            .send()
+            .await
+            .expect("the service answers")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        upload(http.clone(), service.url.clone(), math.clone()).await,
+        201
+    );
     cluster.redis.kill();
+    // A deploy validates (from the compile cache by now), then meets the broker's deadline.
+    let started = Instant::now();
+    let status = upload(http.clone(), service.url.clone(), math).await;
+    assert_eq!(status, 503, "deploy with Redis down");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "deploy took {:?}",
+        started.elapsed()
+    );
     for (method, path, body) in [
         (
             "POST",

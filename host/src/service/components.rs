@@ -91,22 +91,21 @@ pub async fn deploy(
     }
 
     // Validation compiles the component, which blocks its thread for up to seconds: it runs
-    // on the blocking pool, driven there by this runtime. Storing (inside `deploy`) is bounded
-    // by the broker client's own response timeout.
+    // on the blocking pool, driven there by this runtime. Storing is a broker call under the
+    // broker deadline, like every other.
     let runtime = tokio::runtime::Handle::current();
-    let (broker, sandbox) = (tenant.broker.clone(), shared.sandbox.clone());
-    let deployed = tokio::task::spawn_blocking(move || {
-        runtime.block_on(registry::deploy(&broker, &sandbox, &name, wasm, limit))
+    let sandbox = shared.sandbox.clone();
+    let validated = tokio::task::spawn_blocking(move || {
+        runtime.block_on(registry::validate(&sandbox, &name, wasm, limit))
     })
     .await
     .map_err(|error| {
         tracing::error!(%error, "a deploy panicked");
         ApiError::internal("the deploy failed; see the service's log")
     })?;
-    match deployed {
-        Ok(record) => Ok((StatusCode::CREATED, axum::Json(record))),
-        Err(error) => Err(deploy_error(error)),
-    }
+    let upload = validated.map_err(deploy_error)?;
+    let record = shared.call(tenant.broker.put_component(upload)).await?;
+    Ok((StatusCode::CREATED, axum::Json(record)))
 }
 
 /// The API's answer to a refused deploy.
