@@ -103,11 +103,11 @@ fn test() -> Result<(), String> {
     redis()?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     // Tests that measure latency (marked `#[ignore = "timing: …"]`) run afterwards, one at a
-    // time, so the rest of the suite is not competing for the CPUs they measure.
+    // time, so the rest of the suite is not competing for the CPUs they measure. (`--workspace`
+    // keeps the features, hence the build, of the run above.)
     run(cargo().args([
         "test",
-        "--package",
-        "wtq",
+        "--workspace",
         "--test",
         "e2e",
         "--",
