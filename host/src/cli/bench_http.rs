@@ -147,11 +147,7 @@ async fn own_service(bench: &HttpBench) -> Result<(String, tokio::task::JoinHand
     let broker = root
         .namespaced(&namespace)
         .map_err(super::queue::broker_failure)?;
-    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
-        concurrency: 1,
-        ..Default::default()
-    })
-    .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+    let sandbox = super::serve::validation_sandbox()?;
     crate::registry::deploy(
         &broker,
         &sandbox,

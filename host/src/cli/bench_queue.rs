@@ -48,11 +48,7 @@ pub fn run(
         let broker = wtq_client::connect(&url)
             .await
             .map_err(super::queue::broker_failure)?;
-        let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
-            concurrency: 1,
-            ..Default::default()
-        })
-        .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+        let sandbox = super::serve::validation_sandbox()?;
         crate::registry::deploy(
             &broker,
             &sandbox,

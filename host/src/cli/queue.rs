@@ -190,11 +190,7 @@ async fn deploy_to_broker(
     wasm: Vec<u8>,
     args: &DeployArgs,
 ) -> Result<wtq_client::registry::ComponentRecord, Failure> {
-    let sandbox = crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig {
-        concurrency: 1,
-        ..Default::default()
-    })
-    .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
+    let sandbox = super::serve::validation_sandbox()?;
     crate::registry::deploy(broker, &sandbox, name, wasm, args.max_size)
         .await
         .map_err(|error| match error {

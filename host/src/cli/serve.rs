@@ -206,8 +206,9 @@ async fn connect(url: &str) -> Result<AnyBroker, Failure> {
         .map_err(super::queue::broker_failure)
 }
 
-/// The sandbox `serve` validates uploads in (it runs no tasks).
-fn validation_sandbox() -> Result<Sandbox, Failure> {
+/// A one-slot sandbox for validating uploads (`serve`, the benchmarks' deploys); it runs no
+/// tasks.
+pub(super) fn validation_sandbox() -> Result<Sandbox, Failure> {
     Sandbox::new(SandboxConfig {
         concurrency: 1,
         ..SandboxConfig::default()
