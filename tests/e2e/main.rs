@@ -8,6 +8,7 @@ mod queue;
 mod redis_server;
 mod run_cli;
 mod sandbox;
+mod sandbox_batch;
 mod service;
 mod support;
 mod tenants;

@@ -5,6 +5,9 @@
 //! cache, instance recycling and every per-call limit. It does not know where components come
 //! from (the registry) or where calls come from (the broker). Only this module speaks wasmtime.
 //!
+//! A batch call ([`CallRequest::batch`], Celery's `map`/`starmap`/`chunks`) makes one call per
+//! argument list, one after another, in one instance and under one set of limits.
+//!
 //! Entry points: [`Sandbox::new`], [`Sandbox::load`], [`Component::call`].
 
 pub mod bench;
@@ -132,8 +135,14 @@ pub use wtq_client::registry::TaskInfo;
 pub struct CallRequest<'a> {
     /// Task name within the component, e.g. `add`.
     pub task: &'a str,
-    /// JSON arguments: an array (positional) or an object (keyword).
+    /// JSON arguments: an array (positional) or an object (keyword); with `batch`, an array of
+    /// those.
     pub args: &'a str,
+    /// A map/starmap call: the task is called once per argument list of `args`, in order, in
+    /// one instance, and the output is the JSON array of the outputs. The limits cover the
+    /// batch as a whole (the output limit the combined output); the first item that does not
+    /// succeed decides the outcome, its message prefixed with `item N: ` (0-based).
+    pub batch: bool,
     pub task_id: &'a str,
     /// 1 for the first attempt.
     pub attempt: u32,
@@ -319,8 +328,10 @@ impl Component {
                 known.join(", ")
             );
             return Ok(CallReport::early(
-                FailureKind::UnknownTask,
-                message,
+                Outcome::Failure {
+                    kind: FailureKind::UnknownTask,
+                    message,
+                },
                 started,
             ));
         }
@@ -331,13 +342,32 @@ impl Component {
                 format_bytes(limits.args)
             );
             return Ok(CallReport::early(
-                FailureKind::ArgsTooLarge,
-                message,
+                Outcome::Failure {
+                    kind: FailureKind::ArgsTooLarge,
+                    message,
+                },
                 started,
             ));
         }
+        let batch = if request.batch {
+            match batch_items(request.args) {
+                // Nothing to call: no instance is needed to return no outputs.
+                Ok(items) if items.is_empty() => {
+                    let output = "[]".to_string();
+                    return Ok(CallReport::early(Outcome::Success { output }, started));
+                }
+                Ok(items) => Some(items),
+                Err(message) => {
+                    let kind = FailureKind::InvalidArgs;
+                    let outcome = Outcome::Failure { kind, message };
+                    return Ok(CallReport::early(outcome, started));
+                }
+            }
+        } else {
+            None
+        };
         let (prepared, _) = self.0.prepare(limits.metering())?;
-        run(&self.0.shared, &prepared, request).await
+        run(&self.0.shared, &prepared, request, batch.as_deref()).await
     }
 }
 
@@ -394,6 +424,9 @@ pub(crate) struct TimeLimitExceeded;
 /// How the instantiate + call step ended, before classification.
 pub(crate) enum Step {
     Returned(Result<String, TaskError>),
+    /// A batch's outputs so far came to this many bytes (with their brackets and commas), over
+    /// the output limit.
+    BatchOutputTooLarge(u64),
     Trapped(wasmtime::Error),
     TimedOut,
     Terminated,
@@ -409,10 +442,63 @@ async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
     std::future::pending::<()>().await
 }
 
+/// The argument lists of a batch call, each as its own JSON text, or why `args` is not a batch.
+fn batch_items(args: &str) -> Result<Vec<String>, String> {
+    let value: serde_json::Value = serde_json::from_str(args)
+        .map_err(|error| format!("batch arguments are not JSON: {error}"))?;
+    let serde_json::Value::Array(items) = value else {
+        return Err(format!(
+            "batch arguments must be a JSON array of argument lists, not {}",
+            json_kind(&value)
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| match item {
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => Ok(item.to_string()),
+            other => Err(format!(
+                "item {index}: an argument list must be an array (positional) or an object (keyword), not {}",
+                json_kind(&other)
+            )),
+        })
+        .collect()
+}
+
+/// What a JSON value is, for messages.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Names the batch item an outcome came from; a success is left alone.
+fn for_item(outcome: Outcome, index: usize) -> Outcome {
+    match outcome {
+        Outcome::Failure { kind, message } => Outcome::Failure {
+            kind,
+            message: format!("item {index}: {message}"),
+        },
+        Outcome::Retry { message, countdown } => Outcome::Retry {
+            message: format!("item {index}: {message}"),
+            countdown,
+        },
+        success @ Outcome::Success { .. } => success,
+    }
+}
+
+/// Makes one call, or with `batch` one call per argument list, in one instance (fresh, or warm
+/// for the same tenant) under the request's limits.
 async fn run(
     shared: &Shared,
     prepared: &Prepared,
     request: &CallRequest<'_>,
+    batch: Option<&[String]>,
 ) -> Result<CallReport, Error> {
     // The clock starts once the component is compiled: a compile is the host's cost, not the
     // task's.
@@ -446,10 +532,14 @@ async fn run(
     };
 
     let mut instance_out = None;
+    // The batch item being called when the step ended; `None` outside one (a single call, the
+    // instantiation, a whole batch returned).
+    let mut item = None;
     let mut cpu = thread_cpu_time().map(|_| Duration::ZERO);
     let step = {
         let store = &mut store;
         let instance_out = &mut instance_out;
+        let item = &mut item;
         // Epoch ticks stop wasm that computes; this timeout stops wasm blocked in a host call
         // (a WASI sleep or poll), which epochs cannot interrupt.
         let call = async move {
@@ -457,15 +547,50 @@ async fn run(
                 Some(task) => task,
                 None => match prepared.pre.instantiate_async(&mut *store).await {
                     Ok(task) => task,
-                    Err(error) => return Err(error),
+                    Err(error) => return Step::Trapped(error),
                 },
             };
-            let result = task
-                .wtq_task_tasks()
-                .call_call(&mut *store, request.task, request.args)
-                .await;
+            let tasks = task.wtq_task_tasks();
+            let step = match batch {
+                None => match tasks
+                    .call_call(&mut *store, request.task, request.args)
+                    .await
+                {
+                    Ok(returned) => Step::Returned(returned),
+                    Err(error) => Step::Trapped(error),
+                },
+                Some(items) => 'batch: {
+                    let mut outputs = String::from("[");
+                    for (index, args) in items.iter().enumerate() {
+                        *item = Some(index);
+                        let output = match tasks.call_call(&mut *store, request.task, args).await {
+                            Ok(Ok(output)) => output,
+                            Ok(failed) => break 'batch Step::Returned(failed),
+                            Err(error) => break 'batch Step::Trapped(error),
+                        };
+                        // Checked as the outputs grow, so a batch over its output limit stops
+                        // at the item that crossed it and never holds much more than the limit.
+                        let comma = usize::from(index > 0);
+                        let size = (outputs.len() + comma + output.len() + 1) as u64;
+                        if size > limits.output {
+                            break 'batch Step::BatchOutputTooLarge(size);
+                        }
+                        // Not JSON: classified as this item's output (an `invalid_output`).
+                        if serde_json::from_str::<serde::de::IgnoredAny>(&output).is_err() {
+                            break 'batch Step::Returned(Ok(output));
+                        }
+                        if index > 0 {
+                            outputs.push(',');
+                        }
+                        outputs.push_str(&output);
+                    }
+                    outputs.push(']');
+                    *item = None;
+                    Step::Returned(Ok(outputs))
+                }
+            };
             *instance_out = Some(task);
-            result
+            step
         };
         let call = cpu_timed(call, &mut cpu);
         // A guest yields at every epoch tick, so a cancel is seen within one tick even while
@@ -474,8 +599,7 @@ async fn run(
             biased;
             () = cancelled(request.cancel.clone()) => Step::Terminated,
             timed = tokio::time::timeout_at(deadline.into(), call) => match timed {
-                Ok(Ok(returned)) => Step::Returned(returned),
-                Ok(Err(error)) => Step::Trapped(error),
+                Ok(step) => step,
                 Err(_) => Step::TimedOut,
             },
         }
@@ -495,7 +619,10 @@ async fn run(
     let peak_memory = state.limiter.peak;
     let log = state.log.take();
     let progress = state.progress.take();
-    let outcome = classify(step, &limits, shared.config.max_wasm_stack);
+    let mut outcome = classify(step, &limits, shared.config.max_wasm_stack);
+    if let Some(index) = item {
+        outcome = for_item(outcome, index);
+    }
     let poisoned = match &outcome {
         Outcome::Failure { kind, .. } => kind.poisons_instance(),
         _ => false,
@@ -584,6 +711,14 @@ pub(crate) fn classify(step: Step, limits: &Limits, max_wasm_stack: usize) -> Ou
             "terminated: the call was stopped on request".to_string(),
         ),
 
+        Step::BatchOutputTooLarge(size) => failure(
+            FailureKind::OutputTooLarge,
+            format!(
+                "output too large: the batch's outputs up to this item come to {} of JSON, over its {} output limit",
+                format_bytes(size),
+                format_bytes(limits.output)
+            ),
+        ),
         Step::Returned(Ok(output)) => {
             if output.len() as u64 > limits.output {
                 return failure(
@@ -684,10 +819,10 @@ fn arm(store: &mut Store<HostState>, fuel: Option<u64>, deadline: Instant) -> Re
 }
 
 impl CallReport {
-    /// A report for a call refused before reaching the guest.
-    fn early(kind: FailureKind, message: String, started: Instant) -> CallReport {
+    /// A report for a call decided before reaching the guest.
+    fn early(outcome: Outcome, started: Instant) -> CallReport {
         CallReport {
-            outcome: Outcome::Failure { kind, message },
+            outcome,
             duration: started.elapsed(),
             cpu: None,
             fuel: None,

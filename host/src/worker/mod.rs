@@ -565,6 +565,7 @@ async fn run_one<B: Broker + Clone>(
     let request = crate::sandbox::CallRequest {
         task: &message.task,
         args: &message.args,
+        batch: message.batch,
         task_id: &delivery.id,
         attempt: delivery.attempt,
         tenant: &lane.tenant,
