@@ -170,6 +170,7 @@ fn message(id: &str, now: u64) -> TaskMessage {
         max_deliveries: 3,
         result_expires_ms: 3_600_000,
         created_ms: now,
+        batch: false,
     }
 }
 

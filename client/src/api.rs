@@ -11,6 +11,7 @@ use crate::broker::Revoked;
 use crate::client::CallOptions;
 use crate::message::{Backoff, LimitOverrides, State};
 use crate::tenancy::{Quotas, Tenant};
+use crate::workflow::Tree;
 
 /// Longest wait one `GET /v1/tasks/{id}/wait` may ask for; clients wait longer by asking again.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -112,6 +113,15 @@ impl EnqueueRequest {
 pub struct EnqueueResponse {
     pub id: String,
     pub created: bool,
+}
+
+/// Reply to `POST /v1/workflows` (whose body is a workflow document,
+/// [`crate::workflow::Node`]) and `GET /v1/workflows/{id}`: the workflow's id and its tree
+/// with every task id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowResponse {
+    pub id: String,
+    pub tree: Tree,
 }
 
 /// `POST /v1/tasks/batch`: many calls in one request; all are checked before any is stored.

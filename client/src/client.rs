@@ -25,7 +25,8 @@ use crate::message::{
     MAX_PRIORITY, State, TaskFailure, TaskMessage, TaskRecord, now_ms,
 };
 use crate::producer::{ComponentCache, Producer};
-use crate::registry::{Address, AddressError, ComponentRecord, valid_name};
+use crate::registry::{Address, AddressError, ComponentRecord, TaskInfo, valid_name};
+use crate::workflow::{Node, Plan, WorkflowResult};
 
 /// Largest JSON arguments accepted at enqueue (the workers' default argument limit).
 pub const MAX_ARGS_BYTES: usize = 1 << 20;
@@ -54,6 +55,12 @@ pub enum ClientError {
     TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     InvalidOption(String),
+    /// A workflow node is wrong; `at` is its path in the document (`.chain[1].group[0]`).
+    #[error("workflow node {at}: {source}")]
+    Workflow {
+        at: String,
+        source: Box<ClientError>,
+    },
 }
 
 /// Connects producers to the queue: over a broker, or over the service's HTTP API.
@@ -107,6 +114,31 @@ impl<P: Producer> Client<P> {
         }
     }
 
+    /// Checks a workflow document against the registry and submits it whole (its first
+    /// tasks queued, the rest waiting for their inputs); `id` names it (a UUID if `None`).
+    pub async fn submit(
+        &self,
+        workflow: &Node,
+        id: Option<&str>,
+    ) -> Result<WorkflowResult<P>, ClientError> {
+        let reply = self
+            .producer
+            .submit_workflow(workflow, id.map(str::to_string), &self.components)
+            .await?;
+        Ok(WorkflowResult::new(
+            reply.id,
+            reply.tree,
+            self.producer.clone(),
+        ))
+    }
+
+    /// A handle on a submitted workflow, if it exists (its tree is kept for a week, or as
+    /// long as its longest result expiry).
+    pub async fn workflow(&self, id: &str) -> Result<Option<WorkflowResult<P>>, ClientError> {
+        let tree = self.producer.workflow(id).await?;
+        Ok(tree.map(|tree| WorkflowResult::new(id.to_string(), tree, self.producer.clone())))
+    }
+
     /// Enqueues many calls in one round trip (over HTTP, one `POST /v1/tasks/batch` of at
     /// most 10,000); none is stored if one is refused. Returns their ids in request order.
     pub async fn enqueue_requests(
@@ -126,6 +158,12 @@ impl<B: Broker + Clone> Client<B> {
     /// The broker underneath.
     pub fn broker(&self) -> &B {
         &self.producer
+    }
+
+    /// Checks a workflow against the registry and compiles it, without storing it (store it
+    /// with [`Broker::submit`]).
+    pub async fn plan(&self, workflow: &Node, id: Option<String>) -> Result<Plan, ClientError> {
+        crate::workflow::plan(&self.producer, &self.components, workflow, id).await
     }
 
     /// Enqueues prepared messages in one round trip (see [`Call::prepare`]).
@@ -302,8 +340,33 @@ pub(crate) async fn prepare<B: Broker>(
     broker: &B,
     components: &ComponentCache,
     address: &str,
-    options: CallOptions,
+    mut options: CallOptions,
 ) -> Result<NewTask, ClientError> {
+    let resolved = resolve(broker, components, address).await?;
+    let args = encode_args(&resolved.task, options.args.take(), options.kwargs.take())?;
+    let idempotency_key = options.idempotency_key.take();
+    let message = build(&resolved, args, options, now_ms())?;
+    Ok(NewTask {
+        message,
+        idempotency_key,
+    })
+}
+
+/// A task address checked against the registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub address: Address,
+    /// The digest the address pins, if it pins one.
+    pub pinned: Option<String>,
+    pub task: TaskInfo,
+}
+
+/// Finds `address` in the registry: its component, the pinned or current version, the task.
+pub(crate) async fn resolve<B: Broker>(
+    broker: &B,
+    components: &ComponentCache,
+    address: &str,
+) -> Result<Resolved, ClientError> {
     let address = Address::parse(address)?;
     let record = component(broker, components, &address.component).await?;
     let version = match &address.digest {
@@ -327,7 +390,20 @@ pub(crate) async fn prepare<B: Broker>(
             known: known.join(", "),
         });
     };
-    let (positional, keywords) = match (options.args, options.kwargs) {
+    Ok(Resolved {
+        pinned: address.digest.as_ref().map(|_| version.digest.clone()),
+        task: task.clone(),
+        address,
+    })
+}
+
+/// The JSON arguments `task` receives; a lone JSON object as `args` is keyword arguments.
+pub(crate) fn encode_args(
+    task: &TaskInfo,
+    args: Option<Value>,
+    kwargs: Option<Value>,
+) -> Result<String, ClientError> {
+    let (positional, keywords) = match (args, kwargs) {
         (Some(object @ Value::Object(_)), None) => (None, Some(object)),
         other => other,
     };
@@ -338,6 +414,17 @@ pub(crate) async fn prepare<B: Broker>(
             limit: MAX_ARGS_BYTES,
         });
     }
+    Ok(args)
+}
+
+/// The message of a resolved call with encoded `args`, its options checked (`options.args`,
+/// `kwargs` and `idempotency_key` are not read).
+pub(crate) fn build(
+    resolved: &Resolved,
+    args: String,
+    options: CallOptions,
+    now: u64,
+) -> Result<TaskMessage, ClientError> {
     let queue = options.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
     if !valid_name(&queue) {
         return Err(ClientError::InvalidOption(format!(
@@ -351,7 +438,7 @@ pub(crate) async fn prepare<B: Broker>(
         )));
     }
     if let Some(id) = &options.task_id
-        && (id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c == ' '))
+        && !valid_task_id(id)
     {
         return Err(ClientError::InvalidOption(format!(
             "task id `{id}`: use 1 to 128 printable characters without spaces"
@@ -373,7 +460,6 @@ pub(crate) async fn prepare<B: Broker>(
             "result_expires must be more than 0".into(),
         ));
     }
-    let now = now_ms();
     if options
         .eta_ms
         .is_some_and(|eta| eta > now + MAX_DURATION.as_millis() as u64)
@@ -391,13 +477,13 @@ pub(crate) async fn prepare<B: Broker>(
         (Some(delay), None) => Some(now + delay.as_millis() as u64),
         (None, eta) => eta,
     };
-    let message = TaskMessage {
+    Ok(TaskMessage {
         id: options
             .task_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        component: address.component,
-        digest: address.digest.map(|_| version.digest.clone()),
-        task: address.task,
+        component: resolved.address.component.clone(),
+        digest: resolved.pinned.clone(),
+        task: resolved.address.task.clone(),
         args,
         queue,
         priority,
@@ -414,11 +500,13 @@ pub(crate) async fn prepare<B: Broker>(
             .result_expires
             .map_or(DEFAULT_RESULT_EXPIRES_MS, |after| after.as_millis() as u64),
         created_ms: now,
-    };
-    Ok(NewTask {
-        message,
-        idempotency_key: options.idempotency_key,
+        batch: false,
     })
+}
+
+/// Whether `id` may name a task (`--task-id`): 1 to 128 printable characters, no spaces.
+pub(crate) fn valid_task_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(|c| c.is_control() || c == ' ')
 }
 
 /// Why [`AsyncResult::get`] has no output.

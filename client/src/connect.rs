@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::api::EnqueueRequest;
+use crate::api::{EnqueueRequest, WorkflowResponse};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{
@@ -17,6 +17,7 @@ use crate::http::HttpApi;
 use crate::message::TaskRecord;
 use crate::producer::{self, ComponentCache};
 use crate::registry::{ComponentRecord, Upload};
+use crate::workflow::{Node, Plan, Tree};
 
 /// The namespace when the URL names none: every key is `wtq:{default}:…`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -176,6 +177,19 @@ impl producer::Producer for Endpoint {
     ) -> impl Future<Output = Result<Option<ComponentRecord>, Error>> + Send {
         endpoint!(self, p => producer::Producer::component(p, name))
     }
+
+    fn submit_workflow(
+        &self,
+        workflow: &Node,
+        id: Option<String>,
+        components: &ComponentCache,
+    ) -> impl Future<Output = Result<WorkflowResponse, ClientError>> + Send {
+        endpoint!(self, p => producer::Producer::submit_workflow(p, workflow, id, components))
+    }
+
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
+        endpoint!(self, p => producer::Producer::workflow(p, id))
+    }
 }
 
 macro_rules! dispatch {
@@ -320,6 +334,14 @@ impl Broker for AnyBroker {
 
     fn depth(&self, queue: &str) -> impl Future<Output = Result<usize, Error>> + Send {
         dispatch!(self, b => b.depth(queue))
+    }
+
+    fn submit(&self, plan: Plan, now_ms: u64) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.submit(plan, now_ms))
+    }
+
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
+        dispatch!(self, b => b.workflow(id))
     }
 }
 

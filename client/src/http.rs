@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     BatchRequest, BatchResponse, CountResponse, EnqueueRequest, EnqueueResponse, ErrorBody,
     MAX_WAIT, RetryDeadRequest, RevokeRequest, RevokeResponse, TenantRequest, TokenRequest,
-    TokenResponse,
+    TokenResponse, WorkflowResponse,
 };
 use crate::broker::{Enqueued, Error, Revoked};
 use crate::client::ClientError;
@@ -36,6 +36,7 @@ use crate::message::TaskRecord;
 use crate::producer::{ComponentCache, Producer};
 use crate::registry::ComponentRecord;
 use crate::tenancy::{Quotas, Tenant, TokenRecord, Usage};
+use crate::workflow::{Node, Tree};
 
 /// How long connecting (TCP and TLS) may take before the service counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -177,6 +178,26 @@ impl HttpApi {
                 created: task.created,
             })
             .collect())
+    }
+
+    /// `POST /v1/workflows[?id=ID]`: submits a workflow document (checked by the service).
+    pub async fn submit_workflow(
+        &self,
+        workflow: &Node,
+        id: Option<&str>,
+    ) -> Result<WorkflowResponse, Error> {
+        let mut url = self.route(&["v1", "workflows"])?;
+        if let Some(id) = id {
+            url.query_pairs_mut().append_pair("id", id);
+        }
+        self.required(Method::POST, url, Some(workflow)).await
+    }
+
+    /// `GET /v1/workflows/{id}`: a workflow's tree, if it exists.
+    pub async fn workflow(&self, id: &str) -> Result<Option<Tree>, Error> {
+        let url = self.route(&["v1", "workflows", id])?;
+        let reply: Option<WorkflowResponse> = self.optional(Method::GET, url, None::<&()>).await?;
+        Ok(reply.map(|reply| reply.tree))
     }
 
     /// `GET /v1/tasks/{id}`: the task's record, if it exists.
@@ -704,6 +725,19 @@ impl Producer for HttpApi {
         name: &str,
     ) -> impl Future<Output = Result<Option<ComponentRecord>, Error>> + Send {
         HttpApi::component(self, name)
+    }
+
+    fn submit_workflow(
+        &self,
+        workflow: &Node,
+        id: Option<String>,
+        _components: &ComponentCache,
+    ) -> impl Future<Output = Result<WorkflowResponse, ClientError>> + Send {
+        async move { Ok(HttpApi::submit_workflow(self, workflow, id.as_deref()).await?) }
+    }
+
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
+        HttpApi::workflow(self, id)
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`connect`]: one URL picks the broker, or the service ([`Endpoint`]).
 //! - [`producer`]: what a producer needs, from a broker or the service ([`Producer`]).
 //! - [`http`]: the service's HTTP API from the client side ([`HttpApi`]).
+//! - [`workflow`]: chains, groups, chords, chunks, map: documents, plans and results.
 //! - [`Client`], [`AsyncResult`]: the producer API.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod message;
 pub mod producer;
 pub mod registry;
 pub mod tenancy;
+pub mod workflow;
 
 pub use client::{
     AsyncResult, Call, CallOptions, Client, ClientError, DEFAULT_QUEUE, MAX_ARGS_BYTES, ResultError,

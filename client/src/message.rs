@@ -60,6 +60,15 @@ pub struct TaskMessage {
     pub result_expires_ms: u64,
     /// When it was enqueued (Unix ms).
     pub created_ms: u64,
+    /// A map/starmap call: `args` is a JSON array of argument lists (each an array or an
+    /// object), the task is called once per list inside one instance, and the output is the
+    /// JSON array of the outputs, in order.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub batch: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn default_max_deliveries() -> u32 {

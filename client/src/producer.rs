@@ -11,11 +11,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::api::EnqueueRequest;
+use crate::api::{EnqueueRequest, WorkflowResponse};
 use crate::broker::{Broker, Enqueued, Error, Revoked};
 use crate::client::{ClientError, prepare};
 use crate::message::{TaskRecord, now_ms};
 use crate::registry::ComponentRecord;
+use crate::workflow::{Node, Tree};
 
 /// How long a component's registry record is reused before the registry is asked again: a
 /// deploy reaches producers within this time, and a burst of calls costs one lookup.
@@ -96,6 +97,18 @@ pub trait Producer: Clone + Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<ComponentRecord>, Error>> + Send;
+
+    /// Checks a workflow against the registry and stores it whole (its first tasks queued);
+    /// `id` names it (a UUID if `None`). Returns its id and tree.
+    fn submit_workflow(
+        &self,
+        workflow: &Node,
+        id: Option<String>,
+        components: &ComponentCache,
+    ) -> impl Future<Output = Result<WorkflowResponse, ClientError>> + Send;
+
+    /// A submitted workflow's tree, if it exists.
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send;
 }
 
 // `fn … -> impl Future + Send` with `async move` bodies, as the trait declares, so the
@@ -162,5 +175,26 @@ impl<B: Broker + Clone> Producer for B {
         name: &str,
     ) -> impl Future<Output = Result<Option<ComponentRecord>, Error>> + Send {
         Broker::component(self, name)
+    }
+
+    fn submit_workflow(
+        &self,
+        workflow: &Node,
+        id: Option<String>,
+        components: &ComponentCache,
+    ) -> impl Future<Output = Result<WorkflowResponse, ClientError>> + Send {
+        async move {
+            let plan = crate::workflow::plan(self, components, workflow, id).await?;
+            let reply = WorkflowResponse {
+                id: plan.id.clone(),
+                tree: plan.tree.clone(),
+            };
+            Broker::submit(self, plan, now_ms()).await?;
+            Ok(reply)
+        }
+    }
+
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
+        Broker::workflow(self, id)
     }
 }

@@ -32,6 +32,9 @@ use wtq_client::registry::{ComponentRecord, TaskInfo, Upload, Version};
 use wtq_client::tenancy::{
     Quotas, Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of,
 };
+use wtq_client::workflow::{
+    Input, JoinSlot, Links, Parked, Plan, PlannedJoin, PlannedTask, TaskLeaf, Tree,
+};
 
 use redis_server::{Options, RedisServer};
 
@@ -113,6 +116,23 @@ both!(
     events_follow_a_tasks_lifecycle_in_order,
 );
 
+both!(
+    a_chain_starts_each_step_with_the_previous_output,
+    a_chord_callback_runs_once_with_every_result_in_member_order,
+    a_failed_chord_member_fails_the_callback_and_starts_its_errback_once,
+    a_collecting_chord_gathers_failures_and_counts_each_member_once,
+    chunk_results_are_concatenated,
+    a_failed_chain_step_fails_the_rest_and_starts_the_errback_once,
+    a_revoked_parked_task_is_never_started,
+    revoking_a_waiting_chain_step_revokes_the_rest,
+    a_success_skips_its_parked_errback,
+    every_way_a_step_ends_runs_its_links,
+    a_workflow_with_an_id_in_use_stores_nothing,
+    a_workflow_tree_can_be_read_back,
+    waiters_and_workers_wake_when_links_run,
+    a_chord_of_nine_thousand_members_calls_back_once_in_order,
+);
+
 // ---------------------------------------------------------------------------------------------
 // Producing and consuming
 // ---------------------------------------------------------------------------------------------
@@ -186,6 +206,7 @@ async fn a_message_arrives_exactly_as_it_was_sent(broker: impl Broker) {
         max_deliveries: 7,
         result_expires_ms: 3_600_000,
         created_ms: T0 - 5,
+        batch: false,
     };
     enqueue(&broker, [everything.clone()], T0).await;
     assert_eq!(record(&broker, &everything.id).await.message, everything);
@@ -1977,6 +1998,729 @@ async fn events_follow_a_tasks_lifecycle_in_order(broker: impl Broker + Tenancy)
     assert!(events.try_recv().is_err(), "no event after the last");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Workflows: plans built by hand, each task on its own queue (named by its id) so a story can
+// run exactly the task it means to, and see whether a parked task was queued.
+// ---------------------------------------------------------------------------------------------
+
+async fn a_chain_starts_each_step_with_the_previous_output(broker: impl Broker) {
+    let mut now = T0;
+    let plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[5,8]"), &["s2"]),
+            then(parked("s2", "[8]", Input::Prepend), &["s3"]),
+            then(
+                parked("s3", r#" {"y":1}"#, Input::Keyword("x".into())),
+                &["s4"],
+            ),
+            delayed(parked("s4", "[2,2]", Input::Ignore), 1_000),
+        ],
+    );
+    submit(&broker, plan, now).await;
+
+    // Everything is stored PENDING; only the first step is queued.
+    for id in ["s1", "s2", "s3", "s4"] {
+        assert_eq!(record(&broker, id).await.state, State::Pending, "{id}");
+    }
+    assert_eq!(depth(&broker, "s1").await, 1);
+    assert_eq!(record(&broker, "s2").await.message.args, "[8]");
+    assert!(
+        reserve(&broker, &["s2", "s3", "s4"], 10, now)
+            .await
+            .is_empty()
+    );
+
+    now += 10;
+    run(&broker, "s1", "13", now).await;
+    let s2 = take(&broker, "s2", now).await;
+    assert_eq!(args(&s2), json("[13,8]"), "prepended");
+    assert_eq!(
+        json(&record(&broker, "s2").await.message.args),
+        json("[13,8]")
+    );
+    assert_eq!(record(&broker, "s3").await.state, State::Pending);
+    finish(&broker, &s2, r#"{"sum": 21}"#, now).await;
+
+    let s3 = take(&broker, "s3", now).await;
+    assert_eq!(
+        args(&s3),
+        json(r#"{"x": {"sum": 21}, "y": 1}"#),
+        "by keyword"
+    );
+    finish(&broker, &s3, r#""done""#, now).await;
+
+    // Its countdown counts from its start.
+    assert!(reserve(&broker, &["s4"], 10, now + 999).await.is_empty());
+    let s4 = take(&broker, "s4", now + 1_000).await;
+    assert_eq!(args(&s4), json("[2,2]"), "immutable: the output is ignored");
+    finish(&broker, &s4, "4", now + 1_000).await;
+    assert_eq!(record(&broker, "s4").await.state, State::Success);
+}
+
+async fn a_chord_callback_runs_once_with_every_result_in_member_order(broker: impl Broker) {
+    let mut now = T0;
+    let members = ["m0", "m1", "m2"];
+    submit(&broker, chord_plan("wf", &members, join("j", 3, "cb")), now).await;
+    let deliveries = reserve(&broker, &members, 10, now).await;
+    assert_eq!(ids(&deliveries), members);
+
+    // m1's first worker stalls; its lease is taken over, and its late result is refused.
+    now += LEASE_MS + 1;
+    assert_eq!(reap(&broker, now).await, 3);
+    let zombie = &deliveries[1];
+    let outputs = [r#""zero""#, "[1, 1]", r#"{"two": 2}"#];
+    for index in [2, 1, 0] {
+        let id = members[index];
+        let delivery = take(&broker, id, now).await;
+        if index == 1 {
+            let late = Settlement::Finish(succeeded(zombie, "666", now));
+            assert_eq!(settle(&broker, zombie, late, now).await, Settled::Stale);
+        }
+        assert_eq!(depth(&broker, "cb").await, 0, "not before the last member");
+        assert_eq!(record(&broker, "cb").await.state, State::Pending);
+        finish(&broker, &delivery, outputs[index], now).await;
+    }
+
+    let callback = take(&broker, "cb", now).await;
+    assert_eq!(
+        args(&callback),
+        json(r#"[["zero", [1, 1], {"two": 2}], "own"]"#)
+    );
+    assert!(
+        reserve(&broker, &["cb"], 10, now).await.is_empty(),
+        "queued once"
+    );
+}
+
+async fn a_failed_chord_member_fails_the_callback_and_starts_its_errback_once(broker: impl Broker) {
+    let now = T0;
+    let members = ["m0", "m1", "m2", "m3"];
+    let mut plan = chord_plan("wf", &members, join("j", 4, "cb"));
+    plan.tasks.push(parked("eb", "[]", Input::Prepend));
+    errback_of(&mut plan, "cb", "eb");
+    submit(&broker, plan, now).await;
+
+    run(&broker, "m0", "0", now).await;
+    fail(&broker, "m1", "boom", now).await;
+
+    let callback = record(&broker, "cb").await;
+    assert_eq!(callback.state, State::Failure);
+    assert_eq!(
+        callback.error,
+        Some(failure(
+            "upstream_failed",
+            "chord header member 1, math.add (m1) failed: failed: boom"
+        ))
+    );
+    assert!(callback.finished_ms.is_some());
+    let errback = take(&broker, "eb", now).await;
+    let expected = r#"{"id": "m1", "task": "math.add", "kind": "failed", "message": "boom",
+                       "member": 1}"#;
+    assert_eq!(args(&errback), json(&format!("[{expected}]")));
+
+    // Later members change nothing: another failure does not start the errback again, a
+    // success does not revive the callback.
+    fail(&broker, "m2", "again", now + 1).await;
+    run(&broker, "m3", "3", now + 2).await;
+    assert!(
+        reserve(&broker, &["eb", "cb"], 10, now + 2)
+            .await
+            .is_empty()
+    );
+    assert_eq!(record(&broker, "cb").await, callback);
+    assert_eq!(record(&broker, "eb").await.state, State::Received);
+}
+
+async fn a_collecting_chord_gathers_failures_and_counts_each_member_once(broker: impl Broker) {
+    let now = T0;
+    let members = ["m0", "m1", "m2"];
+    let collecting = PlannedJoin {
+        collect: true,
+        ..join("j", 3, "cb")
+    };
+    submit(&broker, chord_plan("wf", &members, collecting), now).await;
+
+    run(&broker, "m0", "1", now).await;
+    let m1 = take(&broker, "m1", now).await;
+    let unknown = failure("unknown_component", "no component `math`");
+    let dead = Settlement::DeadLetter(unknown);
+    assert_eq!(settle(&broker, &m1, dead, now).await, Settled::Committed);
+    assert_eq!(depth(&broker, "cb").await, 0);
+
+    // Retried from the dead letters, it succeeds: the join already has its entry.
+    assert_eq!(
+        broker
+            .retry_dead(Some("m1"), now)
+            .await
+            .expect("retry_dead"),
+        1
+    );
+    run(&broker, "m1", "99", now + 1).await;
+    assert_eq!(depth(&broker, "cb").await, 0, "m1 counted once");
+
+    run(&broker, "m2", "3", now + 2).await;
+    let callback = take(&broker, "cb", now + 2).await;
+    let error = r#"{"error": {"id": "m1", "task": "math.add", "kind": "unknown_component",
+                              "message": "no component `math`"}}"#;
+    assert_eq!(
+        args(&callback),
+        json(&format!(r#"[[1, {error}, 3], "own"]"#))
+    );
+    assert!(reserve(&broker, &["cb"], 10, now + 2).await.is_empty());
+}
+
+async fn chunk_results_are_concatenated(broker: impl Broker) {
+    let now = T0;
+    let members = ["c0", "c1", "c2"];
+    let flattening = PlannedJoin {
+        flatten: true,
+        ..join("j", 3, "cb")
+    };
+    submit(&broker, chord_plan("wf", &members, flattening), now).await;
+    run(&broker, "c2", "[3]", now).await;
+    run(&broker, "c1", "[]", now).await;
+    run(&broker, "c0", "[1, 2]", now).await;
+    let callback = take(&broker, "cb", now).await;
+    assert_eq!(args(&callback), json(r#"[[1, 2, 3], "own"]"#));
+
+    // Outputs and arguments are JSON text: whitespace around them changes nothing.
+    let mut plan = chord_plan("wf2", &["d0", "d1", "d2"], join("j2", 3, "cb2"));
+    plan.joins[0].flatten = true;
+    let callback = plan.tasks.last_mut().expect("the callback");
+    callback.message.id = "cb2".into();
+    callback.message.queue = "cb2".into();
+    callback.message.args = " [ ] ".into();
+    submit(&broker, plan, now).await;
+    run(&broker, "d0", " [1, 2]\n", now).await;
+    run(&broker, "d1", "[ ] ", now).await;
+    run(&broker, "d2", "\"three\"", now).await;
+    let callback = take(&broker, "cb2", now).await;
+    assert_eq!(args(&callback), json(r#"[[1, 2, "three"]]"#));
+}
+
+async fn a_failed_chain_step_fails_the_rest_and_starts_the_errback_once(broker: impl Broker) {
+    let now = T0;
+    let mut plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[1]"), &["s2"]),
+            then(parked("s2", "[2]", Input::Prepend), &["s3"]),
+            parked("s3", "[3]", Input::Prepend),
+            parked("eb", "[]", Input::Prepend),
+        ],
+    );
+    errback_of(&mut plan, "s3", "eb");
+    submit(&broker, plan, now).await;
+
+    fail(&broker, "s1", "boom", now + 5).await;
+    for id in ["s2", "s3"] {
+        let downstream = record(&broker, id).await;
+        assert_eq!(downstream.state, State::Failure, "{id}");
+        assert_eq!(
+            downstream.error,
+            Some(failure(
+                "upstream_failed",
+                "math.add (s1) failed: failed: boom"
+            )),
+            "{id}"
+        );
+        assert_eq!(downstream.finished_ms, Some(now + 5), "{id}");
+        assert_eq!(downstream.message.args, format!("[{}]", &id[1..]), "{id}");
+    }
+    assert!(
+        reserve(&broker, &["s2", "s3"], 10, now + 5)
+            .await
+            .is_empty()
+    );
+    let errback = take(&broker, "eb", now + 5).await;
+    let expected = r#"[{"id": "s1", "task": "math.add", "kind": "failed", "message": "boom"}]"#;
+    assert_eq!(args(&errback), json(expected));
+    assert!(
+        reserve(&broker, &["eb"], 10, now + 5).await.is_empty(),
+        "started once"
+    );
+}
+
+async fn a_revoked_parked_task_is_never_started(broker: impl Broker) {
+    let now = T0;
+    let plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[1]"), &["s2"]),
+            then(parked("s2", "[2]", Input::Prepend), &["s3"]),
+            parked("s3", "[3]", Input::Prepend),
+        ],
+    );
+    submit(&broker, plan, now).await;
+    let revoked = broker.revoke("s2", false, now).await.expect("revoke");
+    assert_eq!(revoked, Revoked::Revoked);
+    let s2 = record(&broker, "s2").await;
+    assert_eq!((s2.state, kind(&s2)), (State::Revoked, Some("revoked")));
+    // Its own links ran: what it would have started will not run either.
+    let s3 = record(&broker, "s3").await;
+    assert_eq!(
+        (s3.state, kind(&s3)),
+        (State::Revoked, Some("upstream_revoked"))
+    );
+    let message = &s3.error.as_ref().expect("an error").message;
+    assert!(
+        message.starts_with("math.add (s2) was revoked: revoked: "),
+        "{message}"
+    );
+
+    run(&broker, "s1", "1", now + 1).await;
+    assert!(
+        reserve(&broker, &["s2", "s3"], 10, now + 1)
+            .await
+            .is_empty()
+    );
+    assert_eq!(record(&broker, "s2").await, s2, "still revoked, untouched");
+    assert_eq!(
+        broker.revoke("s2", false, now + 2).await.expect("revoke"),
+        Revoked::AlreadyFinal(State::Revoked)
+    );
+}
+
+async fn revoking_a_waiting_chain_step_revokes_the_rest(broker: impl Broker) {
+    let now = T0;
+    let plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[1]"), &["s2"]),
+            then(parked("s2", "[2]", Input::Prepend), &["s3"]),
+            parked("s3", "[3]", Input::Prepend),
+        ],
+    );
+    submit(&broker, plan, now).await;
+    let revoked = broker.revoke("s1", false, now).await.expect("revoke");
+    assert_eq!(revoked, Revoked::Revoked);
+    for id in ["s2", "s3"] {
+        let downstream = record(&broker, id).await;
+        assert_eq!(downstream.state, State::Revoked, "{id}");
+        assert_eq!(kind(&downstream), Some("upstream_revoked"), "{id}");
+        let message = &downstream.error.as_ref().expect("an error").message;
+        assert!(
+            message.starts_with("math.add (s1) was revoked: "),
+            "{message}"
+        );
+    }
+    assert!(
+        reserve(&broker, &["s1", "s2", "s3"], 10, now)
+            .await
+            .is_empty()
+    );
+}
+
+async fn a_success_skips_its_parked_errback(broker: impl Broker) {
+    let now = T0;
+    let mut plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[1]"), &["s2"]),
+            parked("s2", "[]", Input::Prepend),
+            then(parked("eb", "[]", Input::Prepend), &["after"]),
+            parked("after", "[]", Input::Prepend),
+        ],
+    );
+    errback_of(&mut plan, "s1", "eb");
+    submit(&broker, plan, now).await;
+
+    run(&broker, "s1", "7", now).await;
+    assert_eq!(args(&take(&broker, "s2", now).await), json("[7]"));
+    let errback = record(&broker, "eb").await;
+    assert_eq!(errback.state, State::Revoked);
+    assert_eq!(
+        errback.error,
+        Some(failure(
+            "skipped",
+            "not needed: what it handles did not fail"
+        ))
+    );
+    // What the errback would have started is skipped in turn.
+    let after = record(&broker, "after").await;
+    assert_eq!(
+        (after.state, kind(&after)),
+        (State::Revoked, Some("upstream_revoked"))
+    );
+    assert!(reserve(&broker, &["eb", "after"], 10, now).await.is_empty());
+}
+
+/// Purge, expiry and dead-lettering end a workflow task like a worker's settlement does.
+async fn every_way_a_step_ends_runs_its_links(broker: impl Broker) {
+    let mut now = T0;
+    let mut expiring = then(planned("expiring", "[]"), &["after-expiry"]);
+    expiring.message.expires_ms = Some(now + 10);
+    let mut poison = then(planned("poison", "[]"), &["after-poison"]);
+    poison.message.max_deliveries = 1;
+    let plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("purged", "[]"), &["after-purge"]),
+            parked("after-purge", "[]", Input::Prepend),
+            expiring,
+            parked("after-expiry", "[]", Input::Prepend),
+            poison,
+            parked("after-poison", "[]", Input::Prepend),
+        ],
+    );
+    submit(&broker, plan, now).await;
+
+    assert_eq!(broker.purge("purged", now).await.expect("purge"), 1);
+    let downstream = record(&broker, "after-purge").await;
+    assert_eq!(downstream.state, State::Revoked);
+    assert_eq!(kind(&downstream), Some("upstream_revoked"));
+
+    take(&broker, "poison", now).await;
+    now += LEASE_MS + 1;
+    assert!(reserve(&broker, &["expiring"], 10, now).await.is_empty());
+    let downstream = record(&broker, "after-expiry").await;
+    assert_eq!(downstream.state, State::Revoked);
+    let message = &downstream.error.as_ref().expect("an error").message;
+    assert!(
+        message.starts_with("math.add (expiring) was revoked: expired: "),
+        "{message}"
+    );
+
+    assert_eq!(reap(&broker, now).await, 1);
+    let downstream = record(&broker, "after-poison").await;
+    assert_eq!(downstream.state, State::Failure);
+    let message = &downstream.error.as_ref().expect("an error").message;
+    assert!(
+        message.starts_with("math.add (poison) failed: dead_lettered: delivered 1 times"),
+        "{message}"
+    );
+    assert!(
+        reserve(
+            &broker,
+            &["after-purge", "after-expiry", "after-poison"],
+            10,
+            now
+        )
+        .await
+        .is_empty()
+    );
+}
+
+async fn a_workflow_with_an_id_in_use_stores_nothing(broker: impl Broker) {
+    let now = T0;
+    submit(&broker, chain_plan("wf", vec![planned("a", "[]")]), now).await;
+
+    let same_id = chain_plan("wf", vec![planned("b", "[]")]);
+    let refused = broker.submit(same_id, now).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateId(id)) if id == "wf"),
+        "{refused:?}"
+    );
+    assert!(broker.record("b").await.expect("record").is_none());
+
+    enqueue(&broker, [message("plain")], now).await;
+    let mut task_in_use = chain_plan(
+        "wf2",
+        vec![
+            planned("c", "[]"),
+            planned("plain", "[]"),
+            planned("d", "[]"),
+        ],
+    );
+    task_in_use.joins.push(join("j", 1, "c"));
+    let refused = broker.submit(task_in_use, now).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateId(id)) if id == "plain"),
+        "{refused:?}"
+    );
+    let twice = chain_plan("wf3", vec![planned("e", "[]"), planned("e", "[]")]);
+    let refused = broker.submit(twice, now).await;
+    assert!(
+        matches!(&refused, Err(Error::DuplicateId(id)) if id == "e"),
+        "{refused:?}"
+    );
+
+    for id in ["c", "d", "e"] {
+        assert!(broker.record(id).await.expect("record").is_none(), "{id}");
+    }
+    for id in ["wf2", "wf3"] {
+        assert_eq!(broker.workflow(id).await.expect("workflow"), None, "{id}");
+    }
+    assert_eq!(record(&broker, "plain").await.message, message("plain"));
+    assert_eq!(depth(&broker, "c").await + depth(&broker, "e").await, 0);
+    // The first workflow is intact.
+    assert_eq!(depth(&broker, "a").await, 1);
+    assert!(broker.workflow("wf").await.expect("workflow").is_some());
+}
+
+async fn a_workflow_tree_can_be_read_back(broker: impl Broker) {
+    let tree = Tree::Linked {
+        node: Box::new(Tree::Chord {
+            header: vec![leaf("m0"), leaf("m1")],
+            body: Box::new(Tree::Task(TaskLeaf {
+                link_error: vec![leaf("eb")],
+                ..TaskLeaf {
+                    id: "cb".into(),
+                    task: "math.xsum".into(),
+                    batch: false,
+                    link: Vec::new(),
+                    link_error: Vec::new(),
+                }
+            })),
+        }),
+        link: vec![Tree::Chunks(vec![leaf("k0")])],
+        link_error: Vec::new(),
+    };
+    let plan = Plan {
+        tree: tree.clone(),
+        ..chain_plan("wf", vec![planned("m0", "[]")])
+    };
+    submit(&broker, plan, T0).await;
+    assert_eq!(broker.workflow("wf").await.expect("workflow"), Some(tree));
+    assert_eq!(broker.workflow("nope").await.expect("workflow"), None);
+}
+
+/// A task a link starts wakes the workers of its queue, and one it ends wakes its waiters.
+async fn waiters_and_workers_wake_when_links_run(broker: impl Broker) {
+    let broker = Arc::new(broker);
+    let plan = chain_plan(
+        "wf",
+        vec![
+            then(planned("s1", "[1]"), &["s2"]),
+            then(planned("f1", "[1]"), &["f2"]),
+            parked("s2", "[]", Input::Prepend),
+            parked("f2", "[]", Input::Prepend),
+        ],
+    );
+    submit(&*broker, plan, T0).await;
+    let worker = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let waited = broker
+                .wait_for_work(&queues(&["s2"]), Duration::from_secs(30))
+                .await;
+            (waited, started.elapsed())
+        })
+    };
+    let waiter = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move { broker.wait("f2", Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // see wait_returns_as_soon_as...
+
+    run(&*broker, "s1", "1", T0).await;
+    let (waited, elapsed) = within(PROMPTLY * 2, "wait_for_work", worker)
+        .await
+        .expect("worker task");
+    waited.expect("wait_for_work");
+    assert!(elapsed < PROMPTLY, "woke after {elapsed:?}");
+
+    fail(&*broker, "f1", "boom", T0).await;
+    let record = within(PROMPTLY, "the waiter of a dropped task", waiter)
+        .await
+        .expect("waiter task")
+        .expect("wait");
+    assert_eq!(record.map(|record| record.state), Some(State::Failure));
+}
+
+/// Also Redis's limits: the gather reads results 1,000 at a time, and submit must not
+/// `unpack` one value per task (Lua's stack holds about 8,000).
+async fn a_chord_of_nine_thousand_members_calls_back_once_in_order(broker: impl Broker) {
+    const MEMBERS: usize = 9_000;
+    let now = T0;
+    let mut tasks: Vec<PlannedTask> = (0..MEMBERS)
+        .map(|index| {
+            let mut member = planned(&format!("m{index:04}"), "[]");
+            member.message.queue = "default".into();
+            member.links.join = Some(JoinSlot {
+                join: "j".into(),
+                index,
+            });
+            member
+        })
+        .collect();
+    tasks.push(parked("cb", "[]", Input::Prepend));
+    let plan = Plan {
+        joins: vec![join("j", MEMBERS, "cb")],
+        ..chain_plan("wf", tasks)
+    };
+    submit(&broker, plan, now).await;
+
+    let mut batches = Vec::new();
+    loop {
+        let batch = reserve(&broker, &["default"], 500, now).await;
+        if batch.is_empty() {
+            break;
+        }
+        batches.push(batch);
+    }
+    assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), MEMBERS);
+    // Last batch first, so results arrive out of order.
+    for batch in batches.iter().rev() {
+        assert_eq!(depth(&broker, "cb").await, 0);
+        let settles = batch
+            .iter()
+            .map(|delivery| {
+                let index: usize = delivery.id[1..].parse().expect("a member index");
+                Settle {
+                    lease: lease(delivery),
+                    settlement: Settlement::Finish(succeeded(delivery, &index.to_string(), now)),
+                }
+            })
+            .collect();
+        let settled = broker.settle(settles, now).await.expect("settle");
+        assert!(settled.iter().all(|settled| *settled == Settled::Committed));
+    }
+    let callback = take(&broker, "cb", now).await;
+    let expected: Vec<usize> = (0..MEMBERS).collect();
+    assert_eq!(args(&callback), serde_json::json!([expected]));
+    assert!(
+        reserve(&broker, &["cb"], 10, now).await.is_empty(),
+        "queued once"
+    );
+}
+
+/// A workflow task `math.add` with its own arguments, queued at submit, on the queue named by
+/// its id.
+fn planned(id: &str, args: &str) -> PlannedTask {
+    PlannedTask {
+        message: TaskMessage {
+            args: args.into(),
+            ..on_queue(message(id), id)
+        },
+        parked: None,
+        links: Links::default(),
+        address: "math.add".into(),
+    }
+}
+
+/// The same, parked until its owner starts it.
+fn parked(id: &str, args: &str, input: Input) -> PlannedTask {
+    PlannedTask {
+        parked: Some(Parked {
+            input,
+            delay_ms: None,
+        }),
+        ..planned(id, args)
+    }
+}
+
+fn delayed(mut task: PlannedTask, delay_ms: u64) -> PlannedTask {
+    if let Some(parked) = &mut task.parked {
+        parked.delay_ms = Some(delay_ms);
+    }
+    task
+}
+
+fn then(mut task: PlannedTask, next: &[&str]) -> PlannedTask {
+    task.links.next = next.iter().map(|id| id.to_string()).collect();
+    task
+}
+
+fn errback_of(plan: &mut Plan, id: &str, errback: &str) {
+    let task = plan
+        .tasks
+        .iter_mut()
+        .find(|task| task.message.id == id)
+        .expect("the task is in the plan");
+    task.links.errback.push(errback.into());
+}
+
+/// A join of `size` members whose callback `next` is started with the list.
+fn join(id: &str, size: usize, next: &str) -> PlannedJoin {
+    PlannedJoin {
+        id: id.into(),
+        size,
+        collect: false,
+        flatten: false,
+        links: Links {
+            next: vec![next.into()],
+            ..Links::default()
+        },
+    }
+}
+
+fn leaf(id: &str) -> Tree {
+    Tree::Task(TaskLeaf {
+        id: id.into(),
+        task: "math.add".into(),
+        batch: false,
+        link: Vec::new(),
+        link_error: Vec::new(),
+    })
+}
+
+/// A plan of these tasks (its tree: a chain of their leaves, which the broker only stores).
+fn chain_plan(id: &str, tasks: Vec<PlannedTask>) -> Plan {
+    Plan {
+        id: id.into(),
+        tree: Tree::Chain(tasks.iter().map(|task| leaf(&task.message.id)).collect()),
+        tasks,
+        joins: Vec::new(),
+        ttl_ms: 3_600_000,
+    }
+}
+
+/// A chord: `members` delivering to `join` in order, and its callback `cb` (own arguments
+/// `["own"]`, the list prepended).
+fn chord_plan(id: &str, members: &[&str], join: PlannedJoin) -> Plan {
+    let mut tasks: Vec<PlannedTask> = members
+        .iter()
+        .enumerate()
+        .map(|(index, member)| {
+            let mut task = planned(member, "[]");
+            task.links.join = Some(JoinSlot {
+                join: join.id.clone(),
+                index,
+            });
+            task
+        })
+        .collect();
+    tasks.push(parked("cb", r#"["own"]"#, Input::Prepend));
+    Plan {
+        joins: vec![join],
+        ..chain_plan(id, tasks)
+    }
+}
+
+async fn submit(broker: &impl Broker, plan: Plan, now: u64) {
+    let id = plan.id.clone();
+    broker
+        .submit(plan, now)
+        .await
+        .unwrap_or_else(|error| panic!("submitting {id}: {error}"));
+}
+
+/// Leases the task `id` (the only one on its queue).
+async fn take(broker: &impl Broker, id: &str, now: u64) -> Delivery {
+    let delivery = one(reserve(broker, &[id], 10, now).await);
+    assert_eq!(delivery.id, id);
+    delivery
+}
+
+/// Runs the task `id` to success with this output.
+async fn run(broker: &impl Broker, id: &str, output: &str, now: u64) {
+    let delivery = take(broker, id, now).await;
+    finish(broker, &delivery, output, now).await;
+}
+
+/// Runs the task `id` to a failure (kind `failed`, message `why`).
+async fn fail(broker: &impl Broker, id: &str, why: &str, now: u64) {
+    let delivery = take(broker, id, now).await;
+    let settlement = Settlement::Finish(failed(&delivery, why, now));
+    assert_eq!(
+        settle(broker, &delivery, settlement, now).await,
+        Settled::Committed
+    );
+}
+
+/// The arguments a delivery carries, as JSON.
+fn args(delivery: &Delivery) -> serde_json::Value {
+    let message = delivery.message.as_ref().expect("a decodable message");
+    json(&message.args)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
 mod redis_only {
     use super::*;
 
@@ -2369,6 +3113,7 @@ fn message(id: &str) -> TaskMessage {
         max_deliveries: DEFAULT_MAX_DELIVERIES,
         result_expires_ms: DEFAULT_RESULT_EXPIRES_MS,
         created_ms: T0,
+        batch: false,
     }
 }
 

@@ -12,3 +12,4 @@ mod sandbox_batch;
 mod service;
 mod support;
 mod tenants;
+mod workflows;

@@ -12,16 +12,23 @@
 //! another namespace of the same universe, whose store is its own (its own mutex, too), so
 //! namespaces are as isolated as they are in Redis.
 //!
+//! Workflows ([`Broker::submit`]) follow the Redis scripts' `flow_*` functions (the prelude's
+//! workflow section) step for step: parked tasks wait outside every queue, and each final
+//! transition runs the task's links in the same locked section (`Store::flow_links`). Results
+//! are spliced into arguments and gathered into lists as text, as the scripts do, so an output
+//! reaches the next task as it was written.
+//!
 //! Not here: persistence (a restart loses everything, as `wtq up` documents) and the Redis
 //! wire format (messages are kept decoded, so a delivery's message is always `Ok`).
 //!
 //! Entry point: [`MemoryBroker::new`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::select_all;
+use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
 use super::tenancy::{GcraStep, Metered, gcra, invalid_namespace};
@@ -35,6 +42,7 @@ use crate::message::{
 };
 use crate::registry::{ComponentRecord, Upload};
 use crate::tenancy::{Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of};
+use crate::workflow::{Input, JoinSlot, Links, Parked, Plan, Tree};
 
 /// Ids a worker's termination channel holds before further requests are dropped (with a
 /// warning). A worker drains it continuously, and it also checks [`Broker::terminating`] at
@@ -50,6 +58,11 @@ const KIND_EXPIRED: &str = "expired";
 const KIND_REVOKED: &str = "revoked";
 const KIND_PURGED: &str = "purged";
 const KIND_DEAD_LETTERED: &str = "dead_lettered";
+/// A parked errback whose task succeeded.
+const KIND_SKIPPED: &str = "skipped";
+/// A parked task whose owner failed, or was revoked.
+const KIND_UPSTREAM_FAILED: &str = "upstream_failed";
+const KIND_UPSTREAM_REVOKED: &str = "upstream_revoked";
 
 /// The in-memory broker of one namespace. Clones share one store; [`Tenancy::namespaced`]
 /// brokers share the universe.
@@ -140,6 +153,9 @@ enum Slot {
     Finished { expires_ms: u64 },
     /// Dead-lettered, `order`-th; kept until retried or purged.
     Dead { order: u64 },
+    /// A workflow task waiting for its owner to start it (or drop it): in no index, so no
+    /// worker, purge or reap sees it.
+    Parked,
 }
 
 /// One task: its message and everything its record shows.
@@ -161,6 +177,123 @@ struct Task {
     /// Woken when the task becomes final, for [`Broker::wait`]. Per task, so a waiter wakes
     /// for its own task only.
     finished: Arc<Notify>,
+    /// A workflow task's links; `None` for a plain task.
+    flow: Option<Box<Flow>>,
+}
+
+/// A workflow task's part in its workflow (the `flow` fields of its hash in Redis).
+#[derive(Debug)]
+struct Flow {
+    /// `math.add`: names the task in the failures it causes downstream.
+    address: String,
+    links: Links,
+    /// How a parked task takes its input: `Some` exactly while its slot is [`Slot::Parked`].
+    parked: Option<Parked>,
+}
+
+/// A join waiting for its members (`join:<id>` in Redis); removed once its links ran.
+#[derive(Debug)]
+struct Join {
+    size: usize,
+    collect: bool,
+    flatten: bool,
+    links: Links,
+    /// Member index → its result (or `{"error": failure}`) as JSON text. The first delivery
+    /// of an index counts; a second one (a re-run member) changes nothing.
+    results: BTreeMap<usize, String>,
+}
+
+impl Join {
+    /// The results in member order as one JSON array; a flattening join concatenates the
+    /// members' lists instead.
+    fn gather(&self) -> String {
+        let mut parts = Vec::with_capacity(self.size);
+        for index in 0..self.size {
+            let value = self.results.get(&index).map_or("null", String::as_str);
+            let list = value
+                .trim()
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'));
+            match list {
+                Some(items) if self.flatten => {
+                    if !items.trim().is_empty() {
+                        parts.push(items);
+                    }
+                }
+                _ => parts.push(value),
+            }
+        }
+        format!("[{}]", parts.join(","))
+    }
+}
+
+/// What a failed (or revoked) workflow task hands down its links: the JSON object its
+/// errbacks receive.
+#[derive(Debug, Clone, Serialize)]
+struct FlowFailure {
+    id: String,
+    task: String,
+    kind: String,
+    message: String,
+    /// The index of the chord header member that failed, set by the join it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<usize>,
+}
+
+impl FlowFailure {
+    /// The error message of a task that will not run because of this failure.
+    fn describe(&self, state: State) -> String {
+        let member = self
+            .member
+            .map(|index| format!("chord header member {index}, "))
+            .unwrap_or_default();
+        let verb = if state == State::Revoked {
+            "was revoked"
+        } else {
+            "failed"
+        };
+        format!(
+            "{member}{} ({}) {verb}: {}: {}",
+            self.task, self.id, self.kind, self.message
+        )
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(self).expect("a failure is plain strings and a number")
+    }
+}
+
+/// How a workflow task or join ended, as its links see it.
+#[derive(Debug, Clone)]
+enum Ended {
+    /// Its output (JSON text).
+    Success(String),
+    /// FAILURE or REVOKED (or another final state a worker reported).
+    Failure(FlowFailure, State),
+}
+
+/// A parked task's own arguments with its input (JSON text) joined in. By text, as the Redis
+/// script does: the input is never reparsed.
+fn with_input(own: &str, input: &Input, value: &str) -> String {
+    match input {
+        Input::Ignore => own.to_string(),
+        Input::Prepend => prepend(own, '[', ']', value),
+        Input::Keyword(name) => {
+            let name = serde_json::to_string(name).expect("a string serialises");
+            prepend(own, '{', '}', &format!("{name}:{value}"))
+        }
+    }
+}
+
+/// `first` as the first item of the JSON array or object `own`.
+fn prepend(own: &str, open: char, close: char, first: &str) -> String {
+    let rest = own.trim_start();
+    let rest = rest.strip_prefix(open).unwrap_or(rest).trim_start();
+    if rest.starts_with(close) {
+        format!("{open}{first}{close}")
+    } else {
+        format!("{open}{first},{rest}")
+    }
 }
 
 impl Task {
@@ -229,6 +362,7 @@ impl Indexes {
             Slot::Dead { order } => {
                 self.dead.remove(&order);
             }
+            Slot::Parked => {}
         }
     }
 
@@ -263,6 +397,7 @@ impl Indexes {
             Slot::Dead { order } => {
                 self.dead.insert(order, id);
             }
+            Slot::Parked => {}
         }
     }
 
@@ -306,6 +441,13 @@ struct Store {
     rates: HashMap<String, u64>,
     /// One sender per `events()` subscriber; closed ones are dropped on the next event.
     watchers: Vec<mpsc::Sender<TaskEvent>>,
+    /// Workflow id → its tree and the tree's expiry.
+    workflows: HashMap<String, (Tree, u64)>,
+    /// (tree expiry, workflow id), to drop trees in expiry order.
+    workflow_expiry: BTreeSet<(u64, String)>,
+    /// Joins still waiting; like Redis's join hashes, they have no expiry: each has an owner
+    /// whose end completes or fails it.
+    joins: HashMap<String, Join>,
 }
 
 impl Store {
@@ -326,6 +468,19 @@ impl Store {
             }
             if let Some((_, key)) = self.idempotency_expiry.pop_first() {
                 self.idempotency.remove(&key);
+            }
+        }
+        while let Some((expires_ms, _)) = self.workflow_expiry.first() {
+            if *expires_ms > self.clock_ms {
+                break;
+            }
+            if let Some((expires_ms, id)) = self.workflow_expiry.pop_first()
+                && self
+                    .workflows
+                    .get(&id)
+                    .is_some_and(|(_, at)| *at == expires_ms)
+            {
+                self.workflows.remove(&id);
             }
         }
     }
@@ -402,15 +557,25 @@ impl Store {
         Some(delivery)
     }
 
-    /// Makes a waiting or running task final (SUCCESS, FAILURE or REVOKED); its record is
-    /// kept for the message's `result_expires_ms`.
+    /// Makes a waiting or running task final (SUCCESS, FAILURE or REVOKED) and carries out
+    /// its workflow links; its record is kept for the message's `result_expires_ms`.
     fn finish(&mut self, id: &str, state: State, error: Option<TaskFailure>, now_ms: u64) {
+        self.close(id, state, error, now_ms);
+        self.flow_ended(id, now_ms);
+    }
+
+    /// [`Store::finish`] without the links: what dropping a parked task does to it.
+    fn close(&mut self, id: &str, state: State, error: Option<TaskFailure>, now_ms: u64) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
         task.state = state;
         task.error = error;
         task.finished_ms = Some(now_ms);
+        // A parked task that ends (revoked by hand, dropped) is never started.
+        if let Some(flow) = &mut task.flow {
+            flow.parked = None;
+        }
         let expires_ms = now_ms.saturating_add(task.message.result_expires_ms);
         let finished = Arc::clone(&task.finished);
         self.move_to(id, Slot::Finished { expires_ms });
@@ -434,6 +599,7 @@ impl Store {
         self.terminating.remove(id);
         finished.notify_waiters();
         self.event(id, State::Failure, now_ms);
+        self.flow_ended(id, now_ms);
     }
 
     /// Puts a task back in its ready queue at its original place, waiting (PENDING).
@@ -489,22 +655,32 @@ impl Store {
         if self.live(&id).is_some() {
             return Err(Error::DuplicateId(id));
         }
-        // An expired record not yet swept frees its id.
-        if let Some(stale) = self.tasks.remove(&id) {
-            self.index.remove(&stale);
-            self.terminating.remove(&id);
-        }
         if let Some(key) = idempotency_key {
             let expires_ms = now_ms.saturating_add(IDEMPOTENCY_TTL_MS);
             self.idempotency_expiry.insert((expires_ms, key.clone()));
             self.idempotency.insert(key, (id.clone(), expires_ms));
+        }
+        self.insert(message, None, now_ms);
+        Ok(Enqueued { id, created: true })
+    }
+
+    /// Stores a new task, PENDING: parked (a workflow task waiting for its owner), delayed
+    /// until its eta, or ready. The caller checked that its id is free.
+    fn insert(&mut self, message: TaskMessage, flow: Option<Box<Flow>>, now_ms: u64) {
+        let id = message.id.clone();
+        // An expired record not yet swept frees its id.
+        if let Some(stale) = self.tasks.remove(&id) {
+            self.index.remove(&stale);
+            self.terminating.remove(&id);
         }
         self.next_seq += 1;
         let place = Place {
             rank: MAX_PRIORITY - message.priority.min(MAX_PRIORITY),
             seq: self.next_seq,
         };
+        let parked = flow.as_ref().is_some_and(|flow| flow.parked.is_some());
         let slot = match message.eta_ms {
+            _ if parked => Slot::Parked,
             Some(eta_ms) if eta_ms > now_ms => Slot::Delayed { eta_ms },
             _ => Slot::Ready,
         };
@@ -521,11 +697,212 @@ impl Store {
             attempts: Vec::new(),
             finished_ms: None,
             finished: Arc::default(),
+            flow,
         };
         self.index.insert(&id, &task);
         self.tasks.insert(id.clone(), task);
         self.event(&id, State::Pending, now_ms);
-        Ok(Enqueued { id, created: true })
+    }
+
+    /// Stores a workflow whole ([`Broker::submit`]), or nothing if an id is in use.
+    fn submit(&mut self, plan: Plan, now_ms: u64) -> Result<(), Error> {
+        if self.tree(&plan.id).is_some() {
+            return Err(Error::DuplicateId(plan.id));
+        }
+        let mut ids = HashSet::new();
+        for planned in &plan.tasks {
+            let id = &planned.message.id;
+            if self.live(id).is_some() || !ids.insert(id) {
+                return Err(Error::DuplicateId(id.clone()));
+            }
+        }
+        let expires_ms = now_ms.saturating_add(plan.ttl_ms.max(1));
+        self.workflow_expiry.insert((expires_ms, plan.id.clone()));
+        self.workflows.insert(plan.id, (plan.tree, expires_ms));
+        for join in plan.joins {
+            let join_of = Join {
+                size: join.size,
+                collect: join.collect,
+                flatten: join.flatten,
+                links: join.links,
+                results: BTreeMap::new(),
+            };
+            self.joins.insert(join.id, join_of);
+        }
+        for planned in plan.tasks {
+            let flow = Flow {
+                address: planned.address,
+                links: planned.links,
+                parked: planned.parked,
+            };
+            self.insert(planned.message, Some(Box::new(flow)), now_ms);
+        }
+        Ok(())
+    }
+
+    /// A workflow's tree, unless it has expired.
+    fn tree(&self, id: &str) -> Option<&Tree> {
+        self.workflows
+            .get(id)
+            .filter(|(_, expires_ms)| *expires_ms > self.clock_ms)
+            .map(|(tree, _)| tree)
+    }
+
+    /// A task just became final: if it belongs to a workflow, its links run (prelude
+    /// `flow_ended`). A success hands on its last attempt's output.
+    fn flow_ended(&mut self, id: &str, now_ms: u64) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let Some(flow) = &task.flow else {
+            return;
+        };
+        let ended = if task.state == State::Success {
+            let output = task
+                .attempts
+                .last()
+                .and_then(|attempt| attempt.output.clone());
+            Ended::Success(output.unwrap_or_else(|| "null".to_string()))
+        } else {
+            let (kind, message) = match &task.error {
+                Some(error) => (error.kind.clone(), error.message.clone()),
+                None => ("unknown".to_string(), String::new()),
+            };
+            let failure = FlowFailure {
+                id: id.to_string(),
+                task: flow.address.clone(),
+                kind,
+                message,
+                member: None,
+            };
+            Ended::Failure(failure, task.state)
+        };
+        let links = flow.links.clone();
+        self.flow_links(links, ended, now_ms);
+    }
+
+    /// Carries out the links of a task or join that ended (prelude `flow_links`). A worklist,
+    /// not recursion: a failure cascades down chains of any length, and each step's effects
+    /// happen in the scripts' order.
+    fn flow_links(&mut self, links: Links, ended: Ended, now_ms: u64) {
+        let mut work = VecDeque::from([(links, ended)]);
+        while let Some((links, ended)) = work.pop_front() {
+            match &ended {
+                Ended::Success(output) => {
+                    for id in &links.next {
+                        self.flow_start(id, output, now_ms);
+                    }
+                    let skipped = FlowFailure {
+                        id: String::new(),
+                        task: String::new(),
+                        kind: KIND_SKIPPED.to_string(),
+                        message: "not needed".to_string(),
+                        member: None,
+                    };
+                    let error = failure(
+                        KIND_SKIPPED,
+                        "not needed: what it handles did not fail".to_string(),
+                    );
+                    for id in &links.errback {
+                        if let Some(dropped) = self.flow_drop(id, State::Revoked, &error, now_ms) {
+                            work.push_back((
+                                dropped,
+                                Ended::Failure(skipped.clone(), State::Revoked),
+                            ));
+                        }
+                    }
+                }
+                Ended::Failure(cause, state) => {
+                    let kind = if *state == State::Revoked {
+                        KIND_UPSTREAM_REVOKED
+                    } else {
+                        KIND_UPSTREAM_FAILED
+                    };
+                    let error = failure(kind, cause.describe(*state));
+                    for id in &links.next {
+                        if let Some(dropped) = self.flow_drop(id, *state, &error, now_ms) {
+                            work.push_back((dropped, ended.clone()));
+                        }
+                    }
+                    let input = cause.json();
+                    for id in &links.errback {
+                        self.flow_start(id, &input, now_ms);
+                    }
+                }
+            }
+            if let Some(slot) = &links.join {
+                work.extend(self.flow_deliver(slot, &ended));
+            }
+        }
+    }
+
+    /// Queues a parked task with `input` (JSON text) joined to its arguments (prelude
+    /// `flow_start`); nothing if it is no longer parked (started, dropped, revoked).
+    fn flow_start(&mut self, id: &str, input: &str, now_ms: u64) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if task.state != State::Pending || task.slot != Slot::Parked {
+            return;
+        }
+        let Some(parked) = task.flow.as_mut().and_then(|flow| flow.parked.take()) else {
+            return;
+        };
+        task.message.args = with_input(&task.message.args, &parked.input, input);
+        // A countdown counts from the start; a ready task wakes the queue's workers.
+        let slot = match parked.delay_ms {
+            Some(delay_ms) => Slot::Delayed {
+                eta_ms: now_ms.saturating_add(delay_ms),
+            },
+            None => Slot::Ready,
+        };
+        self.move_to(id, slot);
+    }
+
+    /// Ends a parked task that will never run (prelude `flow_drop`) and returns its links, to
+    /// run in turn; `None` if it was not parked (already started, or revoked by hand).
+    fn flow_drop(
+        &mut self,
+        id: &str,
+        state: State,
+        error: &TaskFailure,
+        now_ms: u64,
+    ) -> Option<Links> {
+        let task = self.tasks.get(id)?;
+        if task.state != State::Pending || task.slot != Slot::Parked {
+            return None;
+        }
+        let links = task.flow.as_ref()?.links.clone();
+        self.close(id, state, Some(error.clone()), now_ms);
+        Some(links)
+    }
+
+    /// Hands a member's end to its join (the join part of prelude `flow_links`). Returns the
+    /// join's own end when this completes it (the gathered list) or fails it (the member's
+    /// failure, naming the member); the join is gone from then on, so later deliveries are
+    /// ignored.
+    fn flow_deliver(&mut self, slot: &JoinSlot, ended: &Ended) -> Option<(Links, Ended)> {
+        let join = self.joins.get_mut(&slot.join)?;
+        let entry = match ended {
+            Ended::Success(output) => output.clone(),
+            Ended::Failure(cause, state) if !join.collect => {
+                let mut cause = cause.clone();
+                cause.member.get_or_insert(slot.index);
+                let join = self.joins.remove(&slot.join)?;
+                return Some((join.links, Ended::Failure(cause, *state)));
+            }
+            Ended::Failure(cause, _) => format!("{{\"error\":{}}}", cause.json()),
+        };
+        if join.results.contains_key(&slot.index) {
+            return None;
+        }
+        join.results.insert(slot.index, entry);
+        if join.results.len() != join.size {
+            return None;
+        }
+        let join = self.joins.remove(&slot.join)?;
+        let gathered = join.gather();
+        Some((join.links, Ended::Success(gathered)))
     }
 
     fn settle(&mut self, settle: Settle, now_ms: u64) -> Settled {
@@ -949,6 +1326,16 @@ impl Broker for MemoryBroker {
     async fn depth(&self, queue: &str) -> Result<usize, Error> {
         Ok(self.lock().index.depth(queue))
     }
+
+    async fn submit(&self, plan: Plan, now_ms: u64) -> Result<(), Error> {
+        let mut store = self.lock();
+        store.advance(now_ms);
+        store.submit(plan, now_ms)
+    }
+
+    async fn workflow(&self, id: &str) -> Result<Option<Tree>, Error> {
+        Ok(self.lock().tree(id).cloned())
+    }
 }
 
 impl Tenancy for MemoryBroker {
@@ -1071,6 +1458,7 @@ mod tests {
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             result_expires_ms: DEFAULT_RESULT_EXPIRES_MS,
             created_ms: T0,
+            batch: false,
         }
     }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use crate::message::{Attempt, Progress, State, TaskFailure, TaskMessage, TaskRecord};
 use crate::registry::{ComponentRecord, Upload};
+use crate::workflow::{Plan, Tree};
 
 /// How long an idempotency key keeps pointing at its first task.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -292,4 +293,24 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Messages waiting in a queue (ready, not delayed).
     fn depth(&self, queue: &str) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Stores a workflow whole: its tree, its joins and its tasks, each PENDING, the parked
+    /// ones waiting for their owners and the others queued. If the workflow's id or a task
+    /// id is in use, nothing is stored ([`Error::DuplicateId`]).
+    ///
+    /// From then on, whenever a workflow task or join reaches a final state (settle, reap,
+    /// revoke, purge, expiry), its [`Links`](crate::workflow::Links) run in the same atomic
+    /// step: on success the `next` tasks start with the output (prepended to their
+    /// arguments, or under their first parameter, or ignored) and the `errback` tasks are
+    /// skipped (REVOKED, kind `skipped`); on failure the `next` tasks end in the same state
+    /// (kind `upstream_failed` or `upstream_revoked`, naming the task that failed) and so on
+    /// down their own links, and the `errback` tasks start with the failure object. The
+    /// result (or failure) goes to the task's join: a join whose every member delivered
+    /// starts its links with the list of results in member order (concatenated when it
+    /// flattens), exactly once; a member's failure fails the join at once unless it
+    /// collects failures. A parked task that was revoked is never started.
+    fn submit(&self, plan: Plan, now_ms: u64) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// A submitted workflow's tree, until it expires.
+    fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send;
 }

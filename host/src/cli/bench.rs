@@ -25,6 +25,30 @@ enum BenchCommand {
     Queue(QueueBench),
     /// Enqueue throughput through the HTTP API (keep-alive, batches and single requests).
     Http(HttpBenchArgs),
+    /// A chord of N `math.add` members end to end, against N plain tasks.
+    Chord(ChordBench),
+}
+
+#[derive(Debug, Args)]
+struct ChordBench {
+    /// The math example component.
+    #[arg(
+        long,
+        default_value = "guest-examples/target/wasm32-wasip2/release/math.wasm"
+    )]
+    component: PathBuf,
+    /// Members of the chord (and plain tasks to compare with).
+    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    members: u32,
+    /// Rounds of each; the medians are printed.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Concurrency of the worker (default: the number of CPUs).
+    #[arg(long, short = 'c')]
+    concurrency: Option<u32>,
+    /// Redis to use; the benchmark works in a fresh namespace of its own.
+    #[arg(long, env = "WTQ_URL", default_value = "redis://127.0.0.1:6379")]
+    url: String,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +130,13 @@ pub fn run(args: BenchArgs) -> Result<u8, Failure> {
             bench.component,
             bench.tasks,
             bench.round_trips,
+            bench.concurrency,
+            &bench.url,
+        ),
+        BenchCommand::Chord(bench) => super::bench_chord::run(
+            bench.component,
+            bench.members,
+            bench.rounds,
             bench.concurrency,
             &bench.url,
         ),

@@ -23,41 +23,9 @@ pub fn run(
     concurrency: Option<u32>,
     url: &str,
 ) -> Result<u8, Failure> {
-    let wasm = std::fs::read(&component).map_err(|error| {
-        Failure::new(
-            exit::INVALID_COMPONENT,
-            format!(
-                "cannot read `{}`: {error}; build the examples first (cargo xtask guests)",
-                component.display()
-            ),
-        )
-    })?;
-    let namespace = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{separator}namespace={namespace}");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            Failure::new(
-                exit::INTERNAL,
-                format!("starting the async runtime: {error}"),
-            )
-        })?;
+    let (url, namespace, runtime) = fresh_namespace(url)?;
     runtime.block_on(async {
-        let broker = wtq_client::connect(&url)
-            .await
-            .map_err(super::queue::broker_failure)?;
-        let sandbox = super::serve::validation_sandbox()?;
-        crate::registry::deploy(
-            &broker,
-            &sandbox,
-            "math",
-            wasm,
-            crate::registry::DEFAULT_MAX_UPLOAD,
-        )
-        .await
-        .map_err(|error| Failure::new(exit::INVALID_COMPONENT, error.to_string()))?;
+        let broker = deploy_math(&url, &component).await?;
         let client = Client::with_broker(broker.clone());
         say(format!(
             "wtq bench queue: {tasks} math.add tasks in namespace {namespace}, one worker process"
@@ -132,7 +100,53 @@ pub fn run(
     })
 }
 
-fn spawn_worker(url: &str, concurrency: Option<u32>) -> Result<Child, Failure> {
+/// A fresh namespace of `url` for one benchmark, and a runtime to run it on.
+pub(super) fn fresh_namespace(
+    url: &str,
+) -> Result<(String, String, tokio::runtime::Runtime), Failure> {
+    let namespace = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}namespace={namespace}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            Failure::new(
+                exit::INTERNAL,
+                format!("starting the async runtime: {error}"),
+            )
+        })?;
+    Ok((url, namespace, runtime))
+}
+
+/// Connects to `url` and deploys the math example from `component` as `math`.
+pub(super) async fn deploy_math(url: &str, component: &PathBuf) -> Result<AnyBroker, Failure> {
+    let wasm = std::fs::read(component).map_err(|error| {
+        Failure::new(
+            exit::INVALID_COMPONENT,
+            format!(
+                "cannot read `{}`: {error}; build the examples first (cargo xtask guests)",
+                component.display()
+            ),
+        )
+    })?;
+    let broker = wtq_client::connect(url)
+        .await
+        .map_err(super::queue::broker_failure)?;
+    let sandbox = super::serve::validation_sandbox()?;
+    crate::registry::deploy(
+        &broker,
+        &sandbox,
+        "math",
+        wasm,
+        crate::registry::DEFAULT_MAX_UPLOAD,
+    )
+    .await
+    .map_err(|error| Failure::new(exit::INVALID_COMPONENT, error.to_string()))?;
+    Ok(broker)
+}
+
+pub(super) fn spawn_worker(url: &str, concurrency: Option<u32>) -> Result<Child, Failure> {
     let exe =
         std::env::current_exe().map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
     let mut command = Command::new(exe);
@@ -152,7 +166,7 @@ fn spawn_worker(url: &str, concurrency: Option<u32>) -> Result<Child, Failure> {
 }
 
 /// Waits for every task; returns the span from the first delivery to the last result.
-async fn drain(broker: &AnyBroker, ids: &[String]) -> Result<Duration, Failure> {
+pub(super) async fn drain(broker: &AnyBroker, ids: &[String]) -> Result<Duration, Failure> {
     let mut first_received = u64::MAX;
     let mut last_finished = 0;
     for id in ids {

@@ -2,6 +2,7 @@
 //! function per command. Errors print one line on stderr and map to documented exit codes.
 
 mod bench;
+mod bench_chord;
 mod bench_http;
 mod bench_queue;
 mod limits;
@@ -10,6 +11,7 @@ mod run;
 mod serve;
 mod tenant;
 mod worker;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -41,8 +43,10 @@ enum Command {
     Result(queue::ResultArgs),
     /// Show a task's state and history.
     Status(queue::StatusArgs),
-    /// Revoke a task; --terminate stops it if it is running.
+    /// Revoke a task or a workflow; --terminate stops what is running.
     Revoke(queue::RevokeArgs),
+    /// Submit workflows: chains, groups, chords, chunks, map and starmap of tasks.
+    Workflow(workflow::WorkflowArgs),
     /// Remove every waiting message from queues.
     Purge(queue::PurgeArgs),
     /// Dead-lettered tasks: list, retry, purge.
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
         Command::Result(args) => client_command(queue::result(args)),
         Command::Status(args) => client_command(queue::status(args)),
         Command::Revoke(args) => client_command(queue::revoke(args)),
+        Command::Workflow(args) => client_command(workflow::workflow(args)),
         Command::Purge(args) => client_command(queue::purge(args)),
         Command::Dead(args) => client_command(queue::dead(args)),
         Command::Serve(args) => serve::serve(args),

@@ -92,7 +92,7 @@ pub fn broker_failure(error: broker::Error) -> Failure {
     Failure::new(code, error.to_string())
 }
 
-fn client_failure(error: ClientError) -> Failure {
+pub(super) fn client_failure(error: ClientError) -> Failure {
     match error {
         ClientError::Broker(error) => broker_failure(error),
         ClientError::TooLarge { .. } => Failure::new(exit::ARGS_TOO_LARGE, error.to_string()),
@@ -379,7 +379,7 @@ pub async fn call(args: CallArgs) -> Result<u8, Failure> {
 }
 
 /// `--wait` without `--timeout` waits this long: in practice, until the task is final.
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(super) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn parse_expiry(text: &str) -> Result<Duration, Failure> {
     if text.contains('T') || text.contains('t') {
@@ -446,7 +446,7 @@ fn print_result(
 
 #[derive(Debug, Args)]
 pub struct ResultArgs {
-    /// The task id.
+    /// The task id, or a workflow's id (shows its tree with each member's state).
     id: String,
     /// Wait for the task to finish.
     #[arg(long)]
@@ -463,6 +463,18 @@ pub struct ResultArgs {
 
 pub async fn result(args: ResultArgs) -> Result<u8, Failure> {
     let endpoint = args.connection.endpoint().await?;
+    // A workflow's id is not a task's: shown as its tree.
+    if endpoint
+        .record(&args.id)
+        .await
+        .map_err(broker_failure)?
+        .is_none()
+    {
+        let wait = args.wait.then(|| args.timeout.unwrap_or(FOREVER));
+        if let Some(code) = super::workflow::result(&endpoint, &args.id, wait, args.json).await? {
+            return Ok(code);
+        }
+    }
     let (record, timeout) = if args.wait {
         let timeout = args.timeout.unwrap_or(FOREVER);
         (
@@ -556,7 +568,7 @@ pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The task id.
+    /// The task id, or a workflow's id (revokes every member not yet finished).
     id: String,
     /// Stop the task if it is running (at its next epoch tick).
     #[arg(long)]
@@ -580,6 +592,9 @@ pub async fn revoke(args: RevokeArgs) -> Result<u8, Failure> {
         )),
         Revoked::AlreadyFinal(state) => say(format!("{id} already finished: {state}")),
         Revoked::Unknown => {
+            if let Some(code) = super::workflow::revoke(&endpoint, id, args.terminate).await? {
+                return Ok(code);
+            }
             return Err(Failure::new(
                 exit::UNKNOWN_TASK,
                 format!("no task {id} (never enqueued, or its result expired)"),

@@ -163,20 +163,24 @@ impl From<broker::Error> for ApiError {
 
 impl From<ClientError> for ApiError {
     fn from(error: ClientError) -> ApiError {
-        match error {
-            ClientError::Broker(error) => error.into(),
+        if let ClientError::Broker(error) = error {
+            return error.into();
+        }
+        // A workflow's error names the node; its kind is the cause's.
+        let mut cause = &error;
+        while let ClientError::Workflow { source, .. } = cause {
+            cause = source;
+        }
+        let kind = match cause {
             ClientError::Address(_)
             | ClientError::UnknownComponent { .. }
-            | ClientError::UnknownTask { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "unknown_task", error.to_string())
-            }
-            ClientError::Args(_) | ClientError::TooLarge { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_args", error.to_string())
-            }
-            ClientError::InvalidOption(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_option", error.to_string())
-            }
-        }
+            | ClientError::UnknownTask { .. } => "unknown_task",
+            ClientError::Args(_) | ClientError::TooLarge { .. } => "invalid_args",
+            ClientError::InvalidOption(_)
+            | ClientError::Broker(_)
+            | ClientError::Workflow { .. } => "invalid_option",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, kind, error.to_string())
     }
 }
 

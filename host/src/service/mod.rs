@@ -27,6 +27,7 @@ mod routes;
 mod state;
 mod tasks;
 pub mod token;
+mod workflows;
 
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,36 @@ fn operations() -> Vec<Operation> {
             &[400, 409, 413, 429],
         ),
         tenant(
+            Post,
+            "/v1/workflows",
+            "Submit a workflow document (chain, group, chord, chunks, map, starmap of task calls, with call options on any node). Every task is checked and counts against the rate; the workflow is stored whole.",
+            json!([{
+                "name": "id", "in": "query", "required": false,
+                "description": "The workflow's id (default: a new UUID).",
+                "schema": {"type": "string"}
+            }]),
+            json_body("WorkflowNode"),
+            reply(
+                201,
+                "The workflow's id and tree.",
+                schema("WorkflowResponse"),
+            ),
+            &[400, 403, 409, 413, 429],
+        ),
+        tenant(
+            Get,
+            "/v1/workflows/{id}",
+            "A workflow's tree with every task id; read each task's state with `GET /v1/tasks/{id}`.",
+            json!([path_param("id", "Workflow id.")]),
+            Value::Null,
+            reply(
+                200,
+                "The workflow's id and tree.",
+                schema("WorkflowResponse"),
+            ),
+            &[404],
+        ),
+        tenant(
             Get,
             "/v1/tasks/{id}",
             "A task's record.",
@@ -463,6 +493,19 @@ fn schemas() -> Value {
             "additionalProperties": false,
             "required": ["tasks"],
             "properties": {"tasks": {"type": "array", "maxItems": 10000, "items": schema("EnqueueRequest")}}
+        },
+        "WorkflowNode": {
+            "type": "object",
+            "description": "One of `task` (with `args`, `kwargs`, `immutable`, `task_id`), `chain` (array), `group` (array), `chord` ({header, body}), `chunks` ({task, items, n}), `map` or `starmap` ({task, items}); beside it the call options (`queue`, `priority`, `countdown_ms`, `expires_ms`, `max_retries`, `retry_backoff`, `time_limit_ms`, `fuel`, `memory`, `max_deliveries`, `result_expires_ms`), `link`, `link_error` (arrays of nodes) and `allow_failures`.",
+            "additionalProperties": true
+        },
+        "WorkflowResponse": {
+            "type": "object",
+            "required": ["id", "tree"],
+            "properties": {
+                "id": {"type": "string"},
+                "tree": {"type": "object", "description": "`{\"task\": {id, task, batch?, link?, link_error?}}`, `{\"chain\": [...]}`, `{\"group\": [...]}`, `{\"chunks\": [...]}`, `{\"chord\": {header, body}}` or `{\"linked\": {node, link, link_error}}`."}
+            }
         },
         "BatchResponse": {
             "type": "object",

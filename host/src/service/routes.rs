@@ -12,7 +12,7 @@ use wtq_client::broker::Broker;
 
 use super::error::{ApiError, ApiResult};
 use super::state::AppState;
-use super::{admin, components, events, openapi, tasks};
+use super::{admin, components, events, openapi, tasks, workflows};
 
 /// An HTTP method the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +77,8 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/v1/tasks/{id}/wait", tasks::wait),
         route(Post, "/v1/tasks/{id}/revoke", tasks::revoke),
         route(Post, "/v1/queues/{queue}/purge", tasks::purge),
+        route(Post, "/v1/workflows", workflows::submit),
+        route(Get, "/v1/workflows/{id}", workflows::get),
         route(Get, "/v1/dead", tasks::dead),
         route(Post, "/v1/dead/retry", tasks::retry_dead),
         route(Delete, "/v1/dead", tasks::purge_dead),

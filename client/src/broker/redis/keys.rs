@@ -26,6 +26,9 @@
 //! |                       |        | `memory_kib_ms` (absent: 0)                             |
 //! | `rate:<bucket>`       | string | GCRA theoretical arrival time (Unix µs), with a TTL     |
 //! | `events-watched`      | string | present (with a TTL) while someone watches `events`     |
+//! | `flow:<id>`           | string | a workflow's `Tree` JSON, with a TTL                    |
+//! | `join:<id>`           | hash   | a workflow join: `size`, `done`, `mode`, `flatten`,     |
+//! |                       |        | results `r:<index>`, links (deleted once it fired)      |
 //!
 //! Pub/sub channels (not keys, but named the same way): `done:<id>` (a task became final),
 //! `work:<queue>` (a message may be ready there), `terminate` (payload: a task id), `events`
@@ -177,6 +180,11 @@ impl Keys {
     /// A rate limiter's bucket.
     pub fn rate(&self, bucket: &str) -> String {
         self.key(&format!("rate:{bucket}"))
+    }
+
+    /// A submitted workflow's tree (the scripts derive `join:<id>` keys themselves).
+    pub fn workflow(&self, id: &str) -> String {
+        self.key(&format!("flow:{id}"))
     }
 
     /// Present while someone watches the namespace's events; the scripts publish only then.

@@ -51,8 +51,9 @@ use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
     Settled, Settlement,
 };
-use crate::message::{State, TaskFailure, TaskRecord};
+use crate::message::{State, TaskFailure, TaskMessage, TaskRecord};
 use crate::registry::{ComponentRecord, Upload};
+use crate::workflow::{Input, Links, Plan, PlannedTask, Tree};
 
 /// How long one connection attempt may take (and one reply during `connect`'s checks).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
@@ -373,6 +374,89 @@ fn settle_args(settlement: &Settlement) -> (&'static str, String, String, String
     }
 }
 
+/// The output a successful finish hands to its workflow links ('' otherwise).
+fn success_output(settlement: &Settlement) -> &str {
+    match settlement {
+        Settlement::Finish(attempt) if attempt.state == State::Success => {
+            attempt.output.as_deref().unwrap_or("null")
+        }
+        _ => "",
+    }
+}
+
+/// The enqueue script's values for one message: the 10 fixed ones, then its extra hash
+/// fields (a workflow task's links).
+fn message_args(
+    call: &mut ScriptInvocation<'_>,
+    task: &NewTask,
+    parked: &str,
+    extra: &[(&str, String)],
+) {
+    let message = &task.message;
+    call.arg(&message.id)
+        .arg(json(message))
+        .arg(&message.queue)
+        .arg(rank_base(message.priority))
+        .arg(optional(message.eta_ms))
+        .arg(optional(message.expires_ms))
+        .arg(message.max_deliveries)
+        .arg(message.result_expires_ms)
+        .arg(task.idempotency_key.as_deref().unwrap_or(""))
+        .arg(parked)
+        .arg(extra.len());
+    for (field, value) in extra {
+        call.arg(*field).arg(value);
+    }
+}
+
+/// A task's or join's links as hash fields.
+fn link_fields(links: &Links, out: &mut Vec<(&'static str, String)>) {
+    if !links.next.is_empty() {
+        out.push(("next", links.next.join(" ")));
+    }
+    if !links.errback.is_empty() {
+        out.push(("errback", links.errback.join(" ")));
+    }
+    if let Some(slot) = &links.join {
+        out.push(("join", slot.join.clone()));
+        out.push(("jidx", slot.index.to_string()));
+    }
+}
+
+/// A workflow task's extra hash fields and its `parked` value.
+fn planned_fields(task: &PlannedTask) -> (&'static str, Vec<(&'static str, String)>) {
+    let mut fields = vec![("flow", "1".to_string()), ("addr", task.address.clone())];
+    link_fields(&task.links, &mut fields);
+    let Some(parked) = &task.parked else {
+        return ("", fields);
+    };
+    // The message around its arguments, for the script to splice the input in: serde
+    // writes `"args":""` once, at the top level (inside a JSON string every `"` is escaped).
+    let template = json(&TaskMessage {
+        args: String::new(),
+        ..task.message.clone()
+    });
+    let at = template
+        .find(",\"args\":\"\"")
+        .expect("a serialised message has an args field")
+        + ",\"args\":".len();
+    fields.push(("head", template[..at].to_string()));
+    fields.push(("tail", template[at + 2..].to_string()));
+    fields.push(("pargs", task.message.args.clone()));
+    if let Some(delay) = parked.delay_ms {
+        fields.push(("delay", delay.to_string()));
+    }
+    let mode = match &parked.input {
+        Input::Ignore => "i",
+        Input::Prepend => "p",
+        Input::Keyword(name) => {
+            fields.push(("pkey", name.clone()));
+            "k"
+        }
+    };
+    (mode, fields)
+}
+
 /// Parses reserve's flat reply: id, token, message, deliveries, attempt, terminating per
 /// delivery.
 fn deliveries(reply: Vec<Value>, now_ms: u64) -> Result<Vec<Delivery>, Error> {
@@ -411,18 +495,15 @@ impl Broker for RedisBroker {
         let mut out = Vec::with_capacity(tasks.len());
         for chunk in tasks.chunks(MAX_BATCH) {
             let mut call = self.scripts().enqueue.key(keys.seq());
-            call.arg(keys.prefix()).arg(now_ms).arg(IDEMPOTENCY_TTL_MS);
+            call.arg(keys.prefix())
+                .arg(now_ms)
+                .arg(IDEMPOTENCY_TTL_MS)
+                .arg("")
+                .arg("")
+                .arg(0)
+                .arg(0);
             for task in chunk {
-                let message = &task.message;
-                call.arg(&message.id)
-                    .arg(json(message))
-                    .arg(&message.queue)
-                    .arg(rank_base(message.priority))
-                    .arg(optional(message.eta_ms))
-                    .arg(optional(message.expires_ms))
-                    .arg(message.max_deliveries)
-                    .arg(message.result_expires_ms)
-                    .arg(task.idempotency_key.as_deref().unwrap_or(""));
+                message_args(&mut call, task, "", &[]);
             }
             let reply: Vec<String> = self.run(&call).await?;
             let mut reply = reply.into_iter();
@@ -546,7 +627,8 @@ impl Broker for RedisBroker {
                         .arg(error)
                         .arg(metered.fuel)
                         .arg(metered.cpu_us)
-                        .arg(metered.memory_kib_ms);
+                        .arg(metered.memory_kib_ms)
+                        .arg(success_output(&settle.settlement));
                 }
                 call
             })
@@ -892,6 +974,60 @@ impl Broker for RedisBroker {
     async fn depth(&self, queue: &str) -> Result<usize, Error> {
         self.query(redis::cmd("ZCARD").arg(self.keys().ready(queue)))
             .await
+    }
+
+    async fn submit(&self, plan: Plan, now_ms: u64) -> Result<(), Error> {
+        let keys = self.keys();
+        // One call whatever the size: a workflow is stored whole or not at all.
+        let mut call = self.scripts().enqueue.key(keys.seq());
+        call.arg(keys.prefix())
+            .arg(now_ms)
+            .arg(IDEMPOTENCY_TTL_MS)
+            .arg(&plan.id)
+            .arg(json(&plan.tree))
+            .arg(plan.ttl_ms.max(1))
+            .arg(plan.joins.len());
+        for join in &plan.joins {
+            let mut fields = vec![
+                ("size", join.size.to_string()),
+                (
+                    "mode",
+                    if join.collect { "collect" } else { "fail" }.to_string(),
+                ),
+            ];
+            if join.flatten {
+                fields.push(("flatten", "1".to_string()));
+            }
+            link_fields(&join.links, &mut fields);
+            call.arg(&join.id).arg(fields.len());
+            for (field, value) in fields {
+                call.arg(field).arg(value);
+            }
+        }
+        for task in &plan.tasks {
+            let (parked, fields) = planned_fields(task);
+            let new = NewTask {
+                message: task.message.clone(),
+                idempotency_key: None,
+            };
+            message_args(&mut call, &new, parked, &fields);
+        }
+        let reply: Vec<String> = self.run(&call).await?;
+        match reply.into_iter().next() {
+            Some(duplicate) if !duplicate.is_empty() => Err(Error::DuplicateId(duplicate)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn workflow(&self, id: &str) -> Result<Option<Tree>, Error> {
+        let tree: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(self.keys().workflow(id)))
+            .await?;
+        tree.map(|tree| {
+            serde_json::from_slice(&tree)
+                .map_err(|error| Error::Corrupt(format!("workflow {id}: {error}")))
+        })
+        .transpose()
     }
 }
 

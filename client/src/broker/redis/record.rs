@@ -148,6 +148,7 @@ fn undecodable(id: &str, body: &[u8]) -> TaskMessage {
         max_deliveries: crate::message::DEFAULT_MAX_DELIVERIES,
         result_expires_ms: crate::message::DEFAULT_RESULT_EXPIRES_MS,
         created_ms: 0,
+        batch: false,
     }
 }
 
@@ -173,6 +174,7 @@ mod tests {
             max_deliveries: 3,
             result_expires_ms: 1000,
             created_ms: 5,
+            batch: false,
         }
     }
 

@@ -305,6 +305,7 @@ fn message(id: &str) -> TaskMessage {
         max_deliveries: 3,
         result_expires_ms: 60_000,
         created_ms: T0,
+        batch: false,
     }
 }
 

@@ -21,6 +21,7 @@ for k = 1, 2 do
         redis.call('PEXPIRE', key, record_ttl(ttl))
         redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
         event(prefix, id, 'REVOKED', now_ms)
+        flow_check(prefix, id, 'REVOKED', ARGV[4], tonumber(now_ms))
       end
     end
     if #ids > 0 then
@@ -29,4 +30,5 @@ for k = 1, 2 do
     removed = removed + #ids
   end
 end
+flow_wake(prefix)
 return removed

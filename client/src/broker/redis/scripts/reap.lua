@@ -27,6 +27,7 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), id)
       redis.call('PUBLISH', prefix .. 'done:' .. id, 'FAILURE')
       event(prefix, id, 'FAILURE', now_ms)
+      flow_check(prefix, id, 'FAILURE', redis.call('HGET', key, 'error'), tonumber(now_ms))
       buried[#buried + 1] = id
     else
       redis.call('HSET', key, 'state', 'PENDING', 'token', '')
@@ -41,6 +42,7 @@ if #buried > 0 then
   redis.call('SREM', KEYS[3], unpack(buried))
 end
 for queue in pairs(woken) do
-  redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+  flow_woken[queue] = true
 end
+flow_wake(prefix)
 return #expired

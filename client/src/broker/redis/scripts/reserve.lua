@@ -35,13 +35,14 @@ local function decimal(n)
 end
 
 local function expire(key, id, expires, result_ttl)
-  redis.call('HSET', key, 'state', 'REVOKED', 'finished', now_ms, 'error',
-    '{"kind":"expired","message":"expired at ' .. expires .. ' ms before it started"}')
+  local err = '{"kind":"expired","message":"expired at ' .. expires .. ' ms before it started"}'
+  redis.call('HSET', key, 'state', 'REVOKED', 'finished', now_ms, 'error', err)
   if result_ttl then
     redis.call('PEXPIRE', key, record_ttl(result_ttl))
   end
   redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
   event(prefix, id, 'REVOKED', now_ms)
+  flow_check(prefix, id, 'REVOKED', err, now)
 end
 
 for q = 7, #ARGV do
@@ -122,4 +123,5 @@ if #chosen > 0 then
   end
   redis.call('ZADD', KEYS[2], unpack(leases))
 end
+flow_wake(prefix)
 return { out, dropped }

@@ -1,6 +1,6 @@
 -- Revokes a task (Broker::revoke). Waiting: REVOKED at once, its message removed. Leased
 -- (running): with terminate, its worker is asked to stop it; otherwise nothing changes.
--- A revoked task is a REVOKED task event.
+-- A revoked task is a REVOKED task event; a workflow task's links are carried out.
 --
 -- KEYS[1]  the task hash; KEYS[2] `terminating`
 -- ARGV[1]  key prefix; ARGV[2] id; ARGV[3] terminate ('1'/'0'); ARGV[4] now (ms);
@@ -29,9 +29,13 @@ if f[3] then
   redis.call('ZREM', prefix .. 'delayed:' .. f[3], id)
 end
 redis.call('HSET', KEYS[1], 'state', 'REVOKED', 'error', ARGV[5], 'finished', ARGV[4])
+-- A parked workflow task is never started now.
+redis.call('HDEL', KEYS[1], 'parked', 'pargs', 'head', 'tail', 'pkey', 'delay')
 if f[4] then
   redis.call('PEXPIRE', KEYS[1], record_ttl(f[4]))
 end
 redis.call('PUBLISH', prefix .. 'done:' .. id, 'REVOKED')
 event(prefix, id, 'REVOKED', ARGV[4])
+flow_check(prefix, id, 'REVOKED', ARGV[5], tonumber(ARGV[4]))
+flow_wake(prefix)
 return { 'revoked' }

@@ -4,8 +4,9 @@
 -- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter;
 -- KEYS[5]  `usage`
 -- ARGV[1]  key prefix; ARGV[2] now (ms)
--- then 9 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none),
--- and the attempt's metering (computed in Rust, `Metered`): fuel, cpu_us, memory_kib_ms.
+-- then 10 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none),
+-- the attempt's metering (computed in Rust, `Metered`): fuel, cpu_us, memory_kib_ms, and the
+-- output JSON of a success ('' otherwise).
 --   F  finish       operand = final state; the attempt is stored, the record expires later
 --   R  retry        operand = eta (ms); the attempt is stored, the next one waits for the eta
 --   L  release      back to its ready place at once; this delivery does not count
@@ -16,12 +17,13 @@
 --
 -- Committed settlements are metered in `usage` (F: a task and an attempt, R: an attempt,
 -- D: a task; F and R add the metering), summed over the batch and written with one HINCRBY
--- per counter per call. Each is a task event with its new state.
+-- per counter per call. Each is a task event with its new state. A final workflow task
+-- carries out its links (prelude: flow_ended) in the same step.
 --
 -- Returns 1 (committed) or 0 (stale) per settlement.
 local prefix, now_ms = ARGV[1], ARGV[2]
 local now = tonumber(now_ms)
-local WIDTH = 9
+local WIDTH = 10
 local out = {}
 local unleased = {}
 local final = {}
@@ -41,7 +43,7 @@ for a = 2, #ARGV - 1, WIDTH do
   local operand, attempt_json, err = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local key = prefix .. 'task:' .. id
   if kind == 'F' then
-    local f = redis.call('HMGET', key, 'token', 'attempt', 'result_ttl', 'watched')
+    local f = redis.call('HMGET', key, 'token', 'attempt', 'result_ttl', 'watched', 'flow')
     if f[1] == token then
       redis.call('HSET', key, 'state', operand, 'a:' .. (f[2] or '1'), attempt_json,
         'finished', now_ms, 'token', '', 'error', err)
@@ -58,6 +60,9 @@ for a = 2, #ARGV - 1, WIDTH do
       tasks = tasks + 1
       meter(a)
       event(prefix, id, operand, now_ms)
+      if f[5] then
+        flow_ended(prefix, id, operand, ARGV[a + 10], err, now)
+      end
     end
     out[#out + 1] = f[1] == token and 1 or 0
   elseif kind == 'R' then
@@ -90,7 +95,8 @@ for a = 2, #ARGV - 1, WIDTH do
     end
     out[#out + 1] = f[1] == token and 1 or 0
   else
-    local held = redis.call('HGET', key, 'token') == token
+    local f = redis.call('HMGET', key, 'token', 'flow')
+    local held = f[1] == token
     if held then
       redis.call('HSET', key, 'state', 'FAILURE', 'error', err, 'finished', now_ms,
         'token', '')
@@ -101,6 +107,9 @@ for a = 2, #ARGV - 1, WIDTH do
       final[#final + 1] = id
       tasks = tasks + 1
       event(prefix, id, 'FAILURE', now_ms)
+      if f[2] then
+        flow_ended(prefix, id, 'FAILURE', nil, err, now)
+      end
     end
     out[#out + 1] = held and 1 or 0
   end
@@ -116,8 +125,9 @@ if #final > 0 then
   redis.call('SREM', KEYS[3], unpack(final))
 end
 for queue in pairs(woken) do
-  redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
+  flow_woken[queue] = true
 end
+flow_wake(prefix)
 local counters = { tasks = tasks, attempts = attempts, fuel = fuel, cpu_us = cpu_us,
   memory_kib_ms = memory_kib_ms }
 for field, value in pairs(counters) do
