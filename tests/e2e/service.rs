@@ -731,6 +731,105 @@ async fn wtq_up_serves_one_local_tenant_without_tokens() {
     assert!(openapi.body["paths"]["/v1/tasks"].is_object());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn workflows_run_over_http_on_the_embedded_broker() {
+    let wtq = Wtq::new();
+    let service = Service::up(&wtq, &["-c", "2"]);
+    for name in ["math", "chaos"] {
+        let path = guest(name);
+        let run = service.cmd(&wtq, None, &["deploy", path.to_str().expect("utf-8")]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let document = wtq.cache_dir().join("chord.json");
+    let header: Vec<Value> = (0..10)
+        .map(|i| json!({"task": "math.add", "args": [i, i]}))
+        .collect();
+    let chord = json!({"chord": {"header": header, "body": {"task": "math.xsum"}}});
+    std::fs::write(&document, chord.to_string()).expect("document");
+    let path = document.to_str().expect("utf-8");
+    let run = service.cmd(
+        &wtq,
+        None,
+        &["workflow", "submit", path, "--wait", "--id", "wf1"],
+    );
+    assert_eq!((run.code, run.stdout.trim()), (0, "90"), "{}", run.stderr);
+    let shown = service.cmd(&wtq, None, &["result", "wf1"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(
+        shown.stdout.contains("header of 10: 10 SUCCESS"),
+        "{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.ends_with("result: 90\n"), "{}", shown.stdout);
+
+    // The routes themselves: 201 with the tree, 404 for an unknown id, 400 naming the node.
+    let http = http_client();
+    let chain = json!({"chain": [
+        {"task": "math.add", "args": [4, 9]},
+        {"task": "math.mul", "args": [2]},
+        {"task": "chaos.fail", "args": ["late"], "immutable": true},
+        {"task": "math.add", "args": [8]}
+    ], "link_error": [{"task": "chaos.echo", "task_id": "errback"}]});
+    let submitted = request(
+        &http,
+        &service,
+        "POST",
+        "/v1/workflows?id=wf2",
+        None,
+        Some(chain),
+    )
+    .await;
+    assert_eq!(submitted.status, 201, "{:?}", submitted.body);
+    assert_eq!(submitted.body["id"], "wf2");
+    assert_eq!(
+        submitted.body["tree"]["linked"]["node"]["chain"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    let run = service.cmd(
+        &wtq,
+        None,
+        &["result", "errback", "--wait", "--timeout", "30s"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let failure: Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    assert_eq!(
+        (failure["task"].as_str(), failure["message"].as_str()),
+        (Some("chaos.fail"), Some("late"))
+    );
+    let last = submitted.body["tree"]["linked"]["node"]["chain"][3]["task"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let run = service.cmd(&wtq, None, &["result", &last]);
+    run.fails_with(1, "upstream_failed");
+    let tree = request(&http, &service, "GET", "/v1/workflows/wf2", None, None).await;
+    assert_eq!(tree.body, submitted.body);
+    let missing = request(&http, &service, "GET", "/v1/workflows/nope", None, None).await;
+    assert_eq!(missing.status, 404);
+    let bad = json!({"chain": [{"task": "math.add", "args": [1, 2]}, {"task": "math.add", "args": [3, 4]}]});
+    let refused = request(&http, &service, "POST", "/v1/workflows", None, Some(bad)).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.body["error"]["kind"], "invalid_option");
+    let message = refused.body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(".chain[1]") && message.contains("immutable"),
+        "{message}"
+    );
+    let typo = json!({"chain": [], "qeue": "x"});
+    let refused = request(&http, &service, "POST", "/v1/workflows", None, Some(typo)).await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`qeue`"),
+        "{:?}",
+        refused.body
+    );
+}
+
 /// Median of the queue waits (enqueued → started) of tasks, in ms.
 async fn median_wait(
     http: &reqwest::Client,

@@ -369,3 +369,47 @@ async fn a_chord_of_10000_fires_its_callback_once_while_a_worker_is_killed() {
         "joins left: {joins:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_map_and_starmap_run_many_calls_per_task_in_order() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+
+    // chunks of add over 1,000 pairs in 10 chunks: the 1,000 sums, in order.
+    let pairs: Vec<Value> = (0..1000).map(|i| json!([i, 2 * i])).collect();
+    let document = json!({"chunks": {"task": "math.add", "items": pairs, "n": 10}});
+    let run = submit_and_wait(&cluster, &document);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sums: Vec<i64> = serde_json::from_str(run.stdout.trim()).expect("a JSON list");
+    assert_eq!(sums, (0..1000).map(|i| 3 * i).collect::<Vec<i64>>());
+    let node = task("math.add").chunks(pairs.clone(), 10);
+    let submitted = client.submit(&node, None).await.expect("submit");
+    assert_eq!(submitted.result_ids().len(), 10, "ten tasks");
+    let value = submitted
+        .get(Duration::from_secs(60))
+        .await
+        .expect("result");
+    assert_eq!(value.as_array().map(Vec::len), Some(1000));
+
+    // chunks followed by a task: a chord over the flattened results.
+    let node = chain([node, task("math.xsum").into()]);
+    assert_eq!(result_of(&client, &node).await, json!(1_498_500));
+
+    // map calls with each item, starmap with each argument list, in one task each.
+    let node = task("math.fib").map(vec![json!(1), json!(10), json!(20)]);
+    assert_eq!(result_of(&client, &node).await, json!([1, 55, 6765]));
+    let node = task("math.mul").starmap(vec![json!([2, 3]), json!({"x": 4, "y": 5})]);
+    assert_eq!(result_of(&client, &node).await, json!([6, 20]));
+
+    // A bad item is refused at submit, naming the node and the item.
+    let bad = task("math.add").chunks(vec![json!([1, 2]), json!([1, 2, 3])], 2);
+    let error = client
+        .submit(&bad, None)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("item 1") && error.contains("takes 2 arguments"),
+        "{error}"
+    );
+}

@@ -84,10 +84,11 @@ struct Compiler<'a> {
     ttl_ms: u64,
 }
 
-/// A task's arguments: one call's, or a batch's argument lists.
+/// A task's arguments: one call's, or a batch's argument lists (the first being item
+/// `first` of the node's items).
 enum Args<'a> {
     Call(&'a Signature),
-    Batch(Vec<Value>),
+    Batch { lists: Vec<Value>, first: usize },
 }
 
 fn at(path: &str, error: ClientError) -> ClientError {
@@ -218,7 +219,13 @@ impl Compiler<'_> {
                     _ => items.clone(),
                 };
                 let id = self
-                    .task(task, Args::Batch(lists), &options, parked, sink)
+                    .task(
+                        task,
+                        Args::Batch { lists, first: 0 },
+                        &options,
+                        parked,
+                        sink,
+                    )
                     .map_err(|error| at(path, error))?;
                 let tree = Tree::Task(TaskLeaf {
                     id: id.clone(),
@@ -358,8 +365,12 @@ impl Compiler<'_> {
                 }),
                 ..Links::default()
             };
+            let batch = Args::Batch {
+                lists: slice.to_vec(),
+                first: index * size,
+            };
             let id = self
-                .task(task, Args::Batch(slice.to_vec()), options, parked, links)
+                .task(task, batch, options, parked, links)
                 .map_err(|error| at(&format!("{path}.chunks[{index}]"), error))?;
             entries.push(id.clone());
             leaves.push(Tree::Task(TaskLeaf {
@@ -406,9 +417,9 @@ impl Compiler<'_> {
                 };
                 (text, input, false, signature.task_id.clone())
             }
-            Args::Batch(lists) => {
+            Args::Batch { lists, first } => {
                 let mut parts = Vec::with_capacity(lists.len());
-                for (i, list) in lists.into_iter().enumerate() {
+                for (i, list) in (first..).zip(lists) {
                     if !matches!(list, Value::Array(_) | Value::Object(_)) {
                         return Err(invalid(format!(
                             "item {i} for `{address}` must be an argument list (a JSON array or object), got {list}"

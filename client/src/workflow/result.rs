@@ -22,6 +22,15 @@ pub struct WorkflowResult<P> {
     producer: P,
 }
 
+impl<P> std::fmt::Debug for WorkflowResult<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowResult")
+            .field("id", &self.id)
+            .field("tree", &self.tree)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<P: Producer> WorkflowResult<P> {
     pub fn new(id: String, tree: Tree, producer: P) -> Self {
         WorkflowResult { id, tree, producer }
