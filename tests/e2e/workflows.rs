@@ -199,7 +199,15 @@ async fn every_nested_form_runs() {
         slow_first,
         chain([add(2, 2), task("math.mul").args(json!([3])).into()]),
     ]);
-    assert_eq!(result_of(&client, &node).await, json!([301, 12]));
+    let submitted = client.submit(&node, None).await.expect("submit");
+    assert!(
+        !submitted.ready().await.expect("ready"),
+        "the sleeper is still going"
+    );
+    let joined = submitted.get(Duration::from_secs(60)).await.expect("join");
+    assert_eq!(joined, json!([301, 12]));
+    assert!(submitted.ready().await.expect("ready"));
+    assert_eq!(submitted.completed_count().await.expect("count"), 2);
 
     // A chord inside a chain, fed by the step before it and feeding the step after it.
     let node = chain([
