@@ -13,6 +13,17 @@ use crate::registry::TaskInfo;
 #[error("{0}")]
 pub struct ArgsError(String);
 
+impl ArgsError {
+    pub(crate) fn new(message: String) -> ArgsError {
+        ArgsError(message)
+    }
+
+    /// The same error with `before` in front of its message and `after` behind it.
+    pub(crate) fn around(self, before: &str, after: &str) -> ArgsError {
+        ArgsError(format!("{before}{}{after}", self.0))
+    }
+}
+
 /// Encodes `args` (a JSON array, if any) and `kwargs` (a JSON object, if any) for `task`.
 pub fn encode(
     task: &TaskInfo,

@@ -849,3 +849,34 @@ mod bad_input {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_shows_the_tasks_progress_on_stderr() {
+    let mut cluster = Cluster::start();
+    cluster.deploy("chaos");
+    cluster.worker("w1", &["-c", "2"]);
+    let run = cluster.cmd(&[
+        "call",
+        "chaos.progress",
+        "[5, 150]",
+        "--wait",
+        "--timeout",
+        "30s",
+        "--progress",
+    ]);
+    assert_eq!((run.code, run.stdout.trim()), (0, "5"), "{}", run.stderr);
+    // Steps of 150 ms are seen while the task runs (the worker writes progress every 100 ms).
+    assert!(
+        run.stderr.contains("[######") && run.stderr.contains("/5  step "),
+        "{:?}",
+        run.stderr
+    );
+
+    let id = cluster.enqueue(&["chaos.progress", "[3, 150]"]);
+    let run = cluster.cmd(&["result", &id, "--wait", "--progress"]);
+    assert_eq!((run.code, run.stdout.trim()), (0, "3"), "{}", run.stderr);
+    assert!(run.stderr.contains("/3  step "), "{:?}", run.stderr);
+    // Without a terminal and without --progress, stderr stays quiet.
+    let run = cluster.cmd(&["result", &id, "--wait"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+}

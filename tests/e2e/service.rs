@@ -811,7 +811,7 @@ async fn workflows_run_over_http_on_the_embedded_broker() {
     let bad = json!({"chain": [{"task": "math.add", "args": [1, 2]}, {"task": "math.add", "args": [3, 4]}]});
     let refused = request(&http, &service, "POST", "/v1/workflows", None, Some(bad)).await;
     assert_eq!(refused.status, 400);
-    assert_eq!(refused.body["error"]["kind"], "invalid_option");
+    assert_eq!(refused.body["error"]["kind"], "invalid_args");
     let message = refused.body["error"]["message"].as_str().unwrap_or("");
     assert!(
         message.contains(".chain[1]") && message.contains("immutable"),

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::doc::{Kind, Node, Options, Signature};
 use super::plan::{Input, JoinSlot, Links, Parked, Plan, PlannedJoin, PlannedTask, TaskLeaf, Tree};
+use crate::args::ArgsError;
 use crate::broker::Broker;
 use crate::client::{
     CallOptions, ClientError, MAX_ARGS_BYTES, Resolved, build, encode_args, resolve, valid_task_id,
@@ -64,6 +65,8 @@ pub(crate) fn compile(
         joins: Vec::new(),
         ids: HashSet::from([id.clone()]),
         ttl_ms: TREE_TTL_MS,
+        within: Vec::new(),
+        depth: 0,
     };
     let (_, tree) = compiler.node(node, &Options::default(), false, Links::default(), "")?;
     Ok(Plan {
@@ -82,7 +85,14 @@ struct Compiler<'a> {
     joins: Vec<PlannedJoin>,
     ids: HashSet<String>,
     ttl_ms: u64,
+    /// The joins of the groups being compiled, outermost first.
+    within: Vec<String>,
+    /// How deeply nested the node being compiled is.
+    depth: usize,
 }
+
+/// Deepest nesting of nodes accepted (trees deeper than this would not round-trip as JSON).
+const MAX_DEPTH: usize = 32;
 
 /// A task's arguments: one call's, or a batch's argument lists (the first being item
 /// `first` of the node's items).
@@ -118,6 +128,28 @@ impl Compiler<'_> {
         node: &Node,
         outer: &Options,
         parked: bool,
+        sink: Links,
+        path: &str,
+    ) -> Result<(Vec<String>, Tree), ClientError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(at(
+                path,
+                invalid(format!(
+                    "the workflow is nested more than {MAX_DEPTH} levels deep"
+                )),
+            ));
+        }
+        self.depth += 1;
+        let compiled = self.node_inner(node, outer, parked, sink, path);
+        self.depth -= 1;
+        compiled
+    }
+
+    fn node_inner(
+        &mut self,
+        node: &Node,
+        outer: &Options,
+        parked: bool,
         mut sink: Links,
         path: &str,
     ) -> Result<(Vec<String>, Tree), ClientError> {
@@ -126,7 +158,7 @@ impl Compiler<'_> {
         for (i, callback) in node.options.link.iter().enumerate() {
             let (entries, tree) = self.node(
                 callback,
-                outer,
+                &options,
                 true,
                 Links::default(),
                 &format!("{path}.link[{i}]"),
@@ -138,7 +170,7 @@ impl Compiler<'_> {
         for (i, errback) in node.options.link_error.iter().enumerate() {
             let (entries, tree) = self.node(
                 errback,
-                outer,
+                &options,
                 true,
                 Links::default(),
                 &format!("{path}.link_error[{i}]"),
@@ -299,12 +331,28 @@ impl Compiler<'_> {
             ));
         }
         let join = (!sink.is_empty()).then(|| self.join(nodes.len(), options, flatten, sink));
+        self.within.extend(join.clone());
+        let compiled = self.members(nodes, options, parked, join.as_deref(), path);
+        if join.is_some() {
+            self.within.pop();
+        }
+        compiled
+    }
+
+    fn members(
+        &mut self,
+        nodes: &[Node],
+        options: &Options,
+        parked: bool,
+        join: Option<&str>,
+        path: &str,
+    ) -> Result<(Vec<String>, Vec<Tree>), ClientError> {
         let mut entries = Vec::new();
         let mut trees = Vec::with_capacity(nodes.len());
         for (index, member) in nodes.iter().enumerate() {
             let to_join = Links {
-                join: join.as_ref().map(|join| JoinSlot {
-                    join: join.clone(),
+                join: join.map(|join| JoinSlot {
+                    join: join.to_string(),
                     index,
                 }),
                 ..Links::default()
@@ -355,6 +403,7 @@ impl Compiler<'_> {
         let size = items.len().div_ceil(n);
         let slices: Vec<&[Value]> = items.chunks(size).collect();
         let join = (!sink.is_empty()).then(|| self.join(slices.len(), options, true, sink));
+        self.within.extend(join.clone());
         let mut entries = Vec::new();
         let mut leaves = Vec::new();
         for (index, slice) in slices.into_iter().enumerate() {
@@ -369,9 +418,15 @@ impl Compiler<'_> {
                 lists: slice.to_vec(),
                 first: index * size,
             };
-            let id = self
-                .task(task, batch, options, parked, links)
-                .map_err(|error| at(&format!("{path}.chunks[{index}]"), error))?;
+            let id = self.task(task, batch, options, parked, links);
+            let id = match id {
+                Ok(id) => id,
+                Err(error) => {
+                    self.within
+                        .truncate(self.within.len() - usize::from(join.is_some()));
+                    return Err(at(&format!("{path}.chunks[{index}]"), error));
+                }
+            };
             entries.push(id.clone());
             leaves.push(Tree::Task(TaskLeaf {
                 id,
@@ -380,6 +435,9 @@ impl Compiler<'_> {
                 link: Vec::new(),
                 link_error: Vec::new(),
             }));
+        }
+        if join.is_some() {
+            self.within.pop();
         }
         Ok((entries, Tree::Chunks(leaves)))
     }
@@ -421,15 +479,19 @@ impl Compiler<'_> {
                 let mut parts = Vec::with_capacity(lists.len());
                 for (i, list) in (first..).zip(lists) {
                     if !matches!(list, Value::Array(_) | Value::Object(_)) {
-                        return Err(invalid(format!(
+                        return Err(ClientError::Args(ArgsError::new(format!(
                             "item {i} for `{address}` must be an argument list (a JSON array or object), got {list}"
-                        )));
+                        ))));
                     }
-                    parts.push(
-                        encode_args(&resolved.task, Some(list), None).map_err(|error| {
-                            invalid(format!("item {i} for `{address}`: {error}"))
-                        })?,
-                    );
+                    let encoded = encode_args(&resolved.task, Some(list), None).map_err(
+                        |error| match error {
+                            ClientError::Args(error) => ClientError::Args(
+                                error.around(&format!("item {i} for `{address}`: "), ""),
+                            ),
+                            other => other,
+                        },
+                    )?;
+                    parts.push(encoded);
                 }
                 let text = format!("[{}]", parts.join(","));
                 if text.len() > MAX_ARGS_BYTES {
@@ -481,6 +543,7 @@ impl Compiler<'_> {
             }),
             links,
             address: address.to_string(),
+            within: self.within.clone(),
         });
         Ok(id)
     }
@@ -508,10 +571,12 @@ fn encode_around_input(
     };
     values.insert(0, Value::Null);
     let task = &resolved.task;
-    let text = encode_args(task, Some(Value::Array(values)), keywords).map_err(|error| {
-        invalid(format!(
-            "{error} (it receives the previous result as its first argument; add \"immutable\": true to ignore it)"
-        ))
+    let text = encode_args(task, Some(Value::Array(values)), keywords).map_err(|error| match error {
+        ClientError::Args(error) => ClientError::Args(error.around(
+            "",
+            " (it receives the previous result as its first argument; add \"immutable\": true to ignore it)",
+        )),
+        other => other,
     })?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(mut values)) => {

@@ -28,6 +28,10 @@ pub struct PlannedTask {
     pub links: Links,
     /// `math.add`: names the task in the failures it causes downstream.
     pub address: String,
+    /// The joins whose groups this task is inside, outermost first. Its failure is collected
+    /// (`{"error": …}`) only by those of them that collect failures; any other join it
+    /// reaches fails, so a failure from outside a group is never mistaken for a member's.
+    pub within: Vec<String>,
 }
 
 /// How a parked task waits: started by its owner with an input (a result, a list of results,

@@ -123,10 +123,11 @@ impl<P: Producer> WorkflowResult<P> {
 
     /// Revokes every task not yet finished (a running one is stopped with `terminate`);
     /// tasks that wait for them end REVOKED too. Returns how many were revoked or asked to
-    /// stop.
+    /// stop. Last first: callbacks and later steps are revoked while still parked, before
+    /// revoking what they wait for could start an errback.
     pub async fn revoke(&self, terminate: bool) -> Result<usize, Error> {
         let mut count = 0;
-        for id in self.tree.ids() {
+        for id in self.tree.ids().into_iter().rev() {
             match self.producer.revoke(&id, terminate).await? {
                 Revoked::Revoked | Revoked::Running { terminating: true } => count += 1,
                 Revoked::Running { terminating: false }

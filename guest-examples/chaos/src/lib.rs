@@ -111,10 +111,12 @@ fn counter() -> u64 {
     CALLS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// Reports progress `1..=steps` of `steps` and returns `steps`.
+/// Reports progress `1..=steps` of `steps`, each after `step_ms` milliseconds (default 0),
+/// and returns `steps`.
 #[task]
-fn progress(steps: u32) -> u32 {
+fn progress(steps: u32, step_ms: Option<u64>) -> u32 {
     for step in 1..=steps {
+        std::thread::sleep(Duration::from_millis(step_ms.unwrap_or(0)));
         wtq_sdk::progress(
             step.into(),
             steps.into(),

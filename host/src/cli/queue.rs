@@ -93,6 +93,14 @@ pub fn broker_failure(error: broker::Error) -> Failure {
 }
 
 pub(super) fn client_failure(error: ClientError) -> Failure {
+    // A workflow's error names the node; its exit code is the cause's.
+    let mut cause = &error;
+    while let ClientError::Workflow { source, .. } = cause {
+        cause = source;
+    }
+    if matches!(cause, ClientError::TooLarge { .. }) {
+        return Failure::new(exit::ARGS_TOO_LARGE, error.to_string());
+    }
     match error {
         ClientError::Broker(error) => broker_failure(error),
         ClientError::TooLarge { .. } => Failure::new(exit::ARGS_TOO_LARGE, error.to_string()),
@@ -318,6 +326,9 @@ pub struct CallArgs {
     /// With --wait, print the task's record as JSON.
     #[arg(long, requires = "wait")]
     json: bool,
+    /// With --wait, draw the task's progress on stderr even when it is not a terminal.
+    #[arg(long, requires = "wait")]
+    progress: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -370,9 +381,8 @@ pub async fn call(args: CallArgs) -> Result<u8, Failure> {
         return Ok(exit::SUCCESS);
     }
     let timeout = args.timeout.unwrap_or(FOREVER);
-    let record = client
-        .producer()
-        .wait(result.id(), timeout)
+    let bar = super::progress::wanted(args.progress);
+    let record = super::progress::wait(client.producer(), result.id(), timeout, bar)
         .await
         .map_err(broker_failure)?;
     print_result(result.id(), record, args.json, timeout)
@@ -457,6 +467,9 @@ pub struct ResultArgs {
     /// Print the task's whole record as JSON.
     #[arg(long)]
     json: bool,
+    /// With --wait, draw the task's progress on stderr even when it is not a terminal.
+    #[arg(long, requires = "wait")]
+    progress: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -477,9 +490,9 @@ pub async fn result(args: ResultArgs) -> Result<u8, Failure> {
     }
     let (record, timeout) = if args.wait {
         let timeout = args.timeout.unwrap_or(FOREVER);
+        let bar = super::progress::wanted(args.progress);
         (
-            endpoint
-                .wait(&args.id, timeout)
+            super::progress::wait(&endpoint, &args.id, timeout, bar)
                 .await
                 .map_err(broker_failure)?,
             timeout,
