@@ -3,10 +3,12 @@
 //! (`wtq serve`, `wtq up`). [`AnyBroker`] dispatches to either broker (what a worker needs);
 //! [`Endpoint`] to a broker or the service (what a producer needs).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use crate::api::{EnqueueRequest, WorkflowResponse};
+use crate::broker::Schedules;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{
@@ -17,6 +19,7 @@ use crate::http::HttpApi;
 use crate::message::TaskRecord;
 use crate::producer::{self, ComponentCache};
 use crate::registry::{ComponentRecord, Upload};
+use crate::schedule::{Fired, ScheduleEntry};
 use crate::workflow::{Node, Plan, Tree};
 
 /// The namespace when the URL names none: every key is `wtq:{default}:…`.
@@ -342,6 +345,54 @@ impl Broker for AnyBroker {
 
     fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
         dispatch!(self, b => b.workflow(id))
+    }
+}
+
+// As for `Broker` above.
+#[allow(clippy::manual_async_fn)]
+impl Schedules for AnyBroker {
+    fn put_schedule(
+        &self,
+        entry: &ScheduleEntry,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.put_schedule(entry))
+    }
+
+    fn schedules(&self) -> impl Future<Output = Result<Vec<ScheduleEntry>, Error>> + Send {
+        dispatch!(self, b => b.schedules())
+    }
+
+    fn remove_schedule(&self, name: &str) -> impl Future<Output = Result<bool, Error>> + Send {
+        dispatch!(self, b => b.remove_schedule(name))
+    }
+
+    fn fired(&self) -> impl Future<Output = Result<HashMap<String, Fired>, Error>> + Send {
+        dispatch!(self, b => b.fired())
+    }
+
+    fn lead(
+        &self,
+        holder: &str,
+        held: Option<u64>,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        dispatch!(self, b => b.lead(holder, held, lease_ms, now_ms))
+    }
+
+    fn resign(&self, holder: &str, token: u64) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.resign(holder, token))
+    }
+
+    fn record_fired(
+        &self,
+        name: &str,
+        fired: &Fired,
+        holder: &str,
+        token: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        dispatch!(self, b => b.record_fired(name, fired, holder, token, now_ms))
     }
 }
 

@@ -13,7 +13,8 @@
 //! certificates against the system's roots, as `rediss://` does. The token is never printed:
 //! not in errors, not in `Debug`.
 //!
-//! Not here: the event stream (`GET /v1/events`).
+//! The event stream (`GET /v1/events`, server-sent events) is read by [`HttpApi::events`] into
+//! the same [`Event`]s a broker's log gives.
 
 use std::future::Future;
 use std::io::Write;
@@ -35,7 +36,7 @@ use crate::client::ClientError;
 use crate::message::TaskRecord;
 use crate::producer::{ComponentCache, Producer};
 use crate::registry::ComponentRecord;
-use crate::tenancy::{Quotas, Tenant, TokenRecord, Usage};
+use crate::tenancy::{Event, Quotas, Tenant, TokenRecord, Usage};
 use crate::workflow::{Node, Tree};
 
 /// How long connecting (TCP and TLS) may take before the service counts as unreachable.
@@ -55,6 +56,13 @@ const MAX_MESSAGE_CHARS: usize = 300;
 /// Shortest round of a wait: a server that answers a long poll at once instead of holding it
 /// is asked at most ten times a second, not in a busy loop.
 const MIN_ROUND: Duration = Duration::from_millis(100);
+/// How long the event stream may be silent before it counts as lost: the service sends a
+/// keep-alive comment every 15 s.
+const EVENTS_SILENCE: Duration = Duration::from_secs(45);
+/// Longest server-sent event accepted (one event's JSON is well under a kilobyte).
+const MAX_SSE_EVENT: usize = 1 << 20;
+/// Events the receiver of [`HttpApi::events`] holds before the reader waits.
+const EVENTS_BUFFER: usize = 1024;
 /// Retry-After when a 429 has none the client can read (the API sends whole seconds).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -351,6 +359,82 @@ impl HttpApi {
         Ok(self.answer_bytes(request).await?.is_some())
     }
 
+    /// `GET /v1/events[?task=][&after=]`: the tenant's event log from now on (or after the
+    /// cursor `after`), live, until the receiver is dropped or the stream ends (the service
+    /// stopped, or it was silent past [`EVENTS_SILENCE`]).
+    pub async fn events(
+        &self,
+        after: Option<&str>,
+        task: Option<&str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Event>, Error> {
+        let mut url = self.route(&["v1", "events"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(task) = task {
+                query.append_pair("task", task);
+            }
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+        }
+        let url = if url.query() == Some("") {
+            let mut bare = url.clone();
+            bare.set_query(None);
+            bare
+        } else {
+            url
+        };
+        // No overall timeout: the stream is endless; silence is watched below instead.
+        let request = self.authorized(self.inner.client.get(url));
+        let response = tokio::time::timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| Error::ServiceUnreachable {
+                url: self.inner.shown.clone(),
+                message: "no answer in time".to_string(),
+            })?
+            .map_err(|error| self.unreachable(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = self.body(response).await.unwrap_or_default();
+            return Err(error_of(status, None, &body, &self.inner.shown)
+                .unwrap_or_else(|| self.failed("GET /v1/events was answered 404".to_string())));
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(EVENTS_BUFFER);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut response = response;
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let chunk = match tokio::time::timeout(EVENTS_SILENCE, response.chunk()).await {
+                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %api.unreachable(&error), "event stream lost");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("event stream silent for too long; giving up");
+                        return;
+                    }
+                };
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = sse_boundary(&pending) {
+                    let block: Vec<u8> = pending.drain(..end.1).take(end.0).collect();
+                    if let Some(event) = sse_event(&block)
+                        && sender.send(event).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if pending.len() > MAX_SSE_EVENT {
+                    tracing::warn!("an event on the stream was too large; giving up");
+                    return;
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
     /// `GET /healthz`: whether the service and its broker answer (false for a 503).
     pub async fn healthy(&self) -> Result<bool, Error> {
         let url = self.route(&["healthz"])?;
@@ -525,6 +609,44 @@ impl HttpApi {
             message,
         }
     }
+}
+
+/// The end of the first server-sent event in `bytes`: (its length, the length with the blank
+/// line that ends it).
+fn sse_boundary(bytes: &[u8]) -> Option<(usize, usize)> {
+    let lf = bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|at| (at, at + 2));
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| (at, at + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The [`Event`] in one server-sent event's lines (its `data:` lines joined), if it has one;
+/// comments (keep-alives) and unreadable data give none.
+fn sse_event(block: &[u8]) -> Option<Event> {
+    let text = std::str::from_utf8(block).ok()?;
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    serde_json::from_str(&data)
+        .inspect_err(|error| tracing::warn!(%error, "ignoring an unreadable event"))
+        .ok()
 }
 
 /// The error a non-success status says, or `None` for the API's 404 `not_found` (an unknown

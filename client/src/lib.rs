@@ -23,6 +23,7 @@ pub mod http;
 pub mod message;
 pub mod producer;
 pub mod registry;
+pub mod schedule;
 pub mod tenancy;
 pub mod workflow;
 

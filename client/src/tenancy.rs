@@ -1,10 +1,12 @@
 //! Tenants of the hosted service: who they are, their quotas, their API tokens (stored only as
-//! hashes), their usage counters and the task events they may watch. Plain data; the broker
+//! hashes), their usage counters and the events (task and worker) their log keeps. Plain data; the broker
 //! stores it ([`crate::broker::Tenancy`]).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::State;
+use crate::message::{Attempt, Progress, State, TaskFailure};
 
 /// Every key of a tenant lives in this namespace: `wtq:{t-<name>}:…`.
 pub fn namespace_of(tenant: &str) -> String {
@@ -135,12 +137,180 @@ pub struct Usage {
     pub memory_kib_ms: u64,
 }
 
-/// A state change of one task, as published to the tenant's watchers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskEvent {
-    pub id: String,
-    pub state: State,
+/// Most events a namespace's log keeps by default (Redis: `XADD … MAXLEN ~`, so a little
+/// more; memory: exactly): a day of a busy tenant's state changes is more than anyone tails,
+/// and 100,000 small entries are a few tens of MB at most.
+pub const EVENT_LOG_CAP: u64 = 100_000;
+
+/// How long `events()` keeps the log on after its receiver was last alive, and how long a
+/// worker's `-E` lasts after its last heartbeat: several refreshes, so a slow one does not
+/// stop the log, yet a vanished watcher's namespace stops paying for it soon.
+pub const EVENTS_ON_TTL: Duration = Duration::from_secs(30);
+
+/// How often a live `events()` receiver (and a `-E` worker) extends [`EVENTS_ON_TTL`].
+pub const EVENTS_REFRESH: Duration = Duration::from_secs(10);
+
+/// The cursor before the first event a log holds: reading after it replays the whole log.
+pub const EVENTS_FROM_START: &str = "0";
+
+/// Celery's name of the event a task's new state is: `task-sent` (PENDING: enqueued, or queued
+/// again by a release, the reaper or a dead-letter retry), `task-received`, `task-started`,
+/// `task-progress`, `task-succeeded`, `task-failed`, `task-retried`, `task-revoked`.
+/// `prelude.lua` spells the same table.
+pub fn task_event_type(state: State) -> &'static str {
+    match state {
+        State::Pending => "task-sent",
+        State::Received => "task-received",
+        State::Started => "task-started",
+        State::Progress => "task-progress",
+        State::Success => "task-succeeded",
+        State::Failure => "task-failed",
+        State::Retry => "task-retried",
+        State::Revoked => "task-revoked",
+    }
+}
+
+/// A worker coming up.
+pub const WORKER_ONLINE: &str = "worker-online";
+/// A live worker, every [`WORKER_HEARTBEAT_MS`].
+pub const WORKER_HEARTBEAT: &str = "worker-heartbeat";
+/// A worker that stopped (warmly: a killed one just stops its heartbeats).
+pub const WORKER_OFFLINE: &str = "worker-offline";
+/// How often a worker writes `worker-heartbeat`, in ms (Celery: 2 s).
+pub const WORKER_HEARTBEAT_MS: u64 = 2_000;
+
+/// One entry of a namespace's event log: a task's state change (with the attempt's figures when
+/// one ended) or a worker's online/heartbeat/offline. The fields `id`, `state` and `at_ms` of a
+/// task event are those the service's SSE stream always sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `task-sent` … `task-revoked` (see [`task_event_type`]), `worker-online`, ….
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its place in the log: reading after it returns the events that followed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
+    /// The task (task events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
     pub at_ms: u64,
+    /// `component.task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The worker that holds or held the task, or that this worker event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The attempt that ended (task-succeeded, task-failed, task-retried), 1 for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Wall time of that attempt's call, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Peak linear memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory: Option<u64>,
+    /// The component version that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it failed, will be retried, or was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+impl Event {
+    /// A task's change to `state`, with nothing else known yet.
+    pub fn task(id: &str, state: State, at_ms: u64) -> Event {
+        Event {
+            kind: task_event_type(state).to_string(),
+            cursor: String::new(),
+            id: Some(id.to_string()),
+            state: Some(state),
+            at_ms,
+            task: None,
+            worker: None,
+            attempt: None,
+            runtime_ms: None,
+            fuel: None,
+            peak_memory: None,
+            digest: None,
+            error: None,
+            progress: None,
+        }
+    }
+
+    /// A worker event (`worker-online`, `worker-heartbeat`, `worker-offline`).
+    pub fn worker(kind: &str, worker: &str, at_ms: u64) -> Event {
+        Event {
+            kind: kind.to_string(),
+            id: None,
+            state: None,
+            worker: Some(worker.to_string()),
+            ..Event::task("", State::Pending, at_ms)
+        }
+    }
+
+    /// Adds what an ended attempt reported.
+    pub fn with_attempt(mut self, attempt: &Attempt) -> Event {
+        self.attempt = Some(attempt.attempt);
+        self.worker = Some(attempt.worker.clone());
+        self.runtime_ms = attempt.duration_ms;
+        self.fuel = attempt.fuel;
+        self.peak_memory = attempt.peak_memory;
+        self.digest.clone_from(&attempt.digest);
+        if attempt.error.is_some() {
+            self.error.clone_from(&attempt.error);
+        }
+        self
+    }
+
+    /// Whether this is about a task (not a worker).
+    pub fn is_task(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// One readable line, without the time: `task-succeeded math.add 0193… worker=w1
+    /// attempt=1 runtime=1.2ms fuel=…`.
+    pub fn line(&self) -> String {
+        let mut line = self.kind.clone();
+        let mut push = |part: String| {
+            line.push(' ');
+            line.push_str(&part);
+        };
+        if let Some(task) = &self.task {
+            push(task.clone());
+        }
+        if let Some(id) = &self.id {
+            push(id.clone());
+        }
+        if let Some(worker) = &self.worker {
+            push(format!("worker={worker}"));
+        }
+        if let Some(attempt) = self.attempt {
+            push(format!("attempt={attempt}"));
+        }
+        if let Some(ms) = self.runtime_ms {
+            push(format!("runtime={ms:.1}ms"));
+        }
+        if let Some(fuel) = self.fuel {
+            push(format!("fuel={fuel}"));
+        }
+        if let Some(memory) = self.peak_memory {
+            push(format!("memory={memory}"));
+        }
+        if let Some(progress) = &self.progress {
+            push(format!("progress={}/{}", progress.done, progress.total));
+        }
+        if let Some(error) = &self.error {
+            push(format!("{}: {}", error.kind, error.message));
+        }
+        line
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use wtq_client::message::{
 };
 use wtq_client::registry::{ComponentRecord, TaskInfo, Upload, Version};
 use wtq_client::tenancy::{
-    Quotas, Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of,
+    EVENTS_FROM_START, Event, Quotas, Rate, RateDecision, Tenant, TokenRecord, Usage, namespace_of,
 };
 use wtq_client::workflow::{
     Input, JoinSlot, Links, Parked, Plan, PlannedJoin, PlannedTask, TaskLeaf, Tree,
@@ -114,6 +114,8 @@ both!(
     the_rate_limiter_allows_a_burst_then_paces,
     usage_counts_exactly_the_committed_settlements,
     events_follow_a_tasks_lifecycle_in_order,
+    the_event_log_tells_a_tasks_whole_story,
+    the_event_log_is_capped_and_off_by_default,
 );
 
 both!(
@@ -126,6 +128,7 @@ both!(
     a_revoked_parked_task_is_never_started,
     revoking_a_waiting_chain_step_revokes_the_rest,
     a_success_skips_its_parked_errback,
+    an_upstream_failure_fails_a_collecting_group,
     every_way_a_step_ends_runs_its_links,
     a_workflow_with_an_id_in_use_stores_nothing,
     a_workflow_tree_can_be_read_back,
@@ -1901,12 +1904,21 @@ async fn usage_counts_exactly_the_committed_settlements(broker: impl Broker + Te
     assert_eq!(broker.usage().await.expect("usage"), Usage::default());
 }
 
-/// Receives the next task event, promptly.
-async fn next_event(events: &mut tokio::sync::mpsc::Receiver<TaskEvent>) -> (String, State, u64) {
-    let event = within(PROMPTLY, "the next task event", events.recv())
+/// Receives the next event, promptly.
+async fn next_full_event(events: &mut tokio::sync::mpsc::Receiver<Event>) -> Event {
+    within(PROMPTLY, "the next event", events.recv())
         .await
-        .expect("the events channel closed");
-    (event.id, event.state, event.at_ms)
+        .expect("the events channel closed")
+}
+
+/// Receives the next task event, promptly: its task, state and time.
+async fn next_event(events: &mut tokio::sync::mpsc::Receiver<Event>) -> (String, State, u64) {
+    let event = next_full_event(events).await;
+    (
+        event.id.expect("a task event"),
+        event.state.expect("a task event's state"),
+        event.at_ms,
+    )
 }
 
 /// Every state change is an event, in order, with the time of the call that made it; other
@@ -1914,7 +1926,7 @@ async fn next_event(events: &mut tokio::sync::mpsc::Receiver<TaskEvent>) -> (Str
 async fn events_follow_a_tasks_lifecycle_in_order(broker: impl Broker + Tenancy) {
     let acme = broker.namespaced("acme").expect("namespace");
     let other = broker.namespaced("other").expect("namespace");
-    let mut events = acme.events().await.expect("events");
+    let mut events = acme.events(None).await.expect("events");
     let mut now = T0;
     let expect = |id: &str, state: State, at: u64| (id.to_string(), state, at);
 
@@ -1996,6 +2008,137 @@ async fn events_follow_a_tasks_lifecycle_in_order(broker: impl Broker + Tenancy)
         expect("z", State::Pending, now + 7)
     );
     assert!(events.try_recv().is_err(), "no event after the last");
+}
+
+/// A task's whole story in the log, with Celery's names and the fields each event carries:
+/// sent, received, started, progress, retried (with the attempt's figures and error), received
+/// again, succeeded (with its figures); then a worker's events between them. A reader that
+/// starts at the beginning of the log replays it all.
+async fn the_event_log_tells_a_tasks_whole_story(broker: impl Broker + Tenancy) {
+    let acme = broker.namespaced("acme").expect("namespace");
+    let mut live = acme.events(None).await.expect("events");
+    let mut now = T0;
+    enqueue(&acme, [message("a")], now).await;
+    now += 1;
+    let first = one(reserve(&acme, &["default"], 1, now).await);
+    mark(&acme, &first, State::Started, None, now + 1).await;
+    mark(
+        &acme,
+        &first,
+        State::Progress,
+        Some(progress(1, 2)),
+        now + 2,
+    )
+    .await;
+    now += 10;
+    let retry = Settlement::Retry {
+        attempt: failed(&first, "again", now),
+        eta_ms: now,
+    };
+    assert_eq!(settle(&acme, &first, retry, now).await, Settled::Committed);
+    acme.record_event(&Event::worker("worker-heartbeat", WORKER, now))
+        .await
+        .expect("worker event");
+    now += 1;
+    let second = one(reserve(&acme, &["default"], 1, now).await);
+    finish(&acme, &second, "3", now + 5).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        seen.push(next_full_event(&mut live).await);
+    }
+    let kinds: Vec<&str> = seen.iter().map(|event| event.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "task-sent",
+            "task-received",
+            "task-started",
+            "task-progress",
+            "task-retried",
+            "worker-heartbeat",
+            "task-received",
+            "task-succeeded",
+        ]
+    );
+    for event in seen.iter().filter(|event| event.is_task()) {
+        assert_eq!(event.id.as_deref(), Some("a"), "{event:?}");
+        assert_eq!(event.task.as_deref(), Some("math.add"), "{event:?}");
+        assert!(!event.cursor.is_empty(), "{event:?}");
+    }
+    assert_eq!(seen[0].worker, None, "a sent task has no worker yet");
+    assert_eq!(seen[1].worker.as_deref(), Some(WORKER));
+    assert_eq!(seen[3].progress, Some(progress(1, 2)));
+    let retried = &seen[4];
+    assert_eq!(retried.state, Some(State::Retry));
+    assert_eq!(retried.attempt, Some(1));
+    assert_eq!(retried.worker.as_deref(), Some(WORKER));
+    assert_eq!(retried.fuel, Some(1_000));
+    assert_eq!(retried.peak_memory, Some(65_536));
+    assert_eq!(retried.runtime_ms, Some(10.0));
+    assert_eq!(retried.digest, Some("a".repeat(64)));
+    assert_eq!(retried.error, Some(failure("failed", "again")));
+    assert_eq!(seen[5].worker.as_deref(), Some(WORKER));
+    assert_eq!(seen[5].id, None);
+    let succeeded = &seen[7];
+    assert_eq!(succeeded.attempt, Some(2));
+    assert_eq!(succeeded.runtime_ms, Some(5.0));
+    assert_eq!(succeeded.fuel, Some(1_000));
+    assert_eq!(succeeded.error, None);
+
+    // The same story again from the start of the log, and from a cursor in its middle.
+    let mut replay = acme
+        .events(Some(EVENTS_FROM_START.to_string()))
+        .await
+        .expect("events");
+    for expected in &seen {
+        assert_eq!(&next_full_event(&mut replay).await, expected);
+    }
+    let mut rest = acme
+        .events(Some(seen[5].cursor.clone()))
+        .await
+        .expect("events");
+    assert_eq!(&next_full_event(&mut rest).await, &seen[6]);
+}
+
+/// The log keeps about its cap of the newest events (Redis trims whole blocks, so a little
+/// more); nothing is logged while it is off.
+async fn the_event_log_is_capped_and_off_by_default(broker: impl Broker + Tenancy) {
+    const CAP: u64 = 200;
+    const WRITTEN: usize = 1_000;
+    let acme = broker.namespaced("acme").expect("namespace");
+    enqueue(&acme, [message("unlogged")], T0).await;
+    acme.record_event(&Event::worker("worker-online", WORKER, T0))
+        .await
+        .expect("worker event");
+    acme.enable_events(CAP, Duration::from_secs(60))
+        .await
+        .expect("enable");
+    let ids: Vec<String> = (0..WRITTEN).map(|i| format!("t{i}")).collect();
+    enqueue(&acme, ids.iter().map(|id| message(id)), T0).await;
+
+    let mut replay = acme
+        .events(Some(EVENTS_FROM_START.to_string()))
+        .await
+        .expect("events");
+    let mut kept = Vec::new();
+    loop {
+        let event = next_full_event(&mut replay).await;
+        let id = event.id.expect("only task events were logged");
+        let last = id == ids[WRITTEN - 1];
+        kept.push(id);
+        if last {
+            break;
+        }
+    }
+    assert!(!kept.contains(&"unlogged".to_string()));
+    assert!(
+        kept.len() as u64 >= CAP && kept.len() as u64 <= CAP + 200,
+        "kept {} of {WRITTEN} with a cap of {CAP}",
+        kept.len()
+    );
+    // The newest, in order.
+    assert_eq!(kept[..], ids[WRITTEN - kept.len()..]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2321,9 +2464,11 @@ async fn a_success_skips_its_parked_errback(broker: impl Broker) {
             parked("s2", "[]", Input::Prepend),
             then(parked("eb", "[]", Input::Prepend), &["after"]),
             parked("after", "[]", Input::Prepend),
+            parked("eb-of-eb", "[]", Input::Prepend),
         ],
     );
     errback_of(&mut plan, "s1", "eb");
+    errback_of(&mut plan, "eb", "eb-of-eb");
     submit(&broker, plan, now).await;
 
     run(&broker, "s1", "7", now).await;
@@ -2337,13 +2482,67 @@ async fn a_success_skips_its_parked_errback(broker: impl Broker) {
             "not needed: what it handles did not fail"
         ))
     );
-    // What the errback would have started is skipped in turn.
-    let after = record(&broker, "after").await;
-    assert_eq!(
-        (after.state, kind(&after)),
-        (State::Revoked, Some("upstream_revoked"))
+    // What the errback would have started is skipped in turn, its own errback too: nothing
+    // failed.
+    for id in ["after", "eb-of-eb"] {
+        let skipped = record(&broker, id).await;
+        assert_eq!(
+            (skipped.state, kind(&skipped)),
+            (State::Revoked, Some("skipped")),
+            "{id}"
+        );
+    }
+    assert!(
+        reserve(&broker, &["eb", "after", "eb-of-eb"], 10, now)
+            .await
+            .is_empty()
     );
-    assert!(reserve(&broker, &["eb", "after"], 10, now).await.is_empty());
+}
+
+/// A collecting group collects its own members' failures, not a failure from before it:
+/// that one fails the group, stops the chain and reaches its errback.
+async fn an_upstream_failure_fails_a_collecting_group(broker: impl Broker) {
+    let now = T0;
+    let mut members: Vec<PlannedTask> = ["m0", "m1"]
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let mut task = parked(id, "[]", Input::Prepend);
+            task.links.join = Some(JoinSlot {
+                join: "j".into(),
+                index,
+            });
+            task.within = vec!["j".into()];
+            task
+        })
+        .collect();
+    let mut tasks = vec![then(planned("a", "[]"), &["m0", "m1"])];
+    tasks.append(&mut members);
+    tasks.push(parked("d", "[]", Input::Prepend));
+    tasks.push(parked("e", "[]", Input::Prepend));
+    let mut plan = Plan {
+        joins: vec![PlannedJoin {
+            collect: true,
+            ..join("j", 2, "d")
+        }],
+        ..chain_plan("wf", tasks)
+    };
+    errback_of(&mut plan, "d", "e");
+    submit(&broker, plan, now).await;
+
+    fail(&broker, "a", "boom", now).await;
+    for id in ["m0", "m1", "d"] {
+        let dropped = record(&broker, id).await;
+        assert_eq!(
+            (dropped.state, kind(&dropped)),
+            (State::Failure, Some("upstream_failed")),
+            "{id}"
+        );
+    }
+    let errback = take(&broker, "e", now).await;
+    let input = args(&errback);
+    assert_eq!(input[0]["id"], "a", "{input}");
+    assert!(reserve(&broker, &["d", "e"], 10, now).await.is_empty());
 }
 
 /// Purge, expiry and dead-lettering end a workflow task like a worker's settlement does.
@@ -2588,6 +2787,7 @@ fn planned(id: &str, args: &str) -> PlannedTask {
         parked: None,
         links: Links::default(),
         address: "math.add".into(),
+        within: Vec::new(),
     }
 }
 
@@ -2670,6 +2870,7 @@ fn chord_plan(id: &str, members: &[&str], join: PlannedJoin) -> Plan {
                 join: join.id.clone(),
                 index,
             });
+            task.within = vec![join.id.clone()];
             task
         })
         .collect();
@@ -3059,7 +3260,8 @@ mod redis_only {
             "wtq:tokens",
             "wtq:{acme}:usage",
             "wtq:{root}:rate:enqueue",
-            "wtq:{acme}:events-watched",
+            "wtq:{acme}:events-on",
+            "wtq:{acme}:events",
         ] {
             assert!(seen.iter().any(|key| key == expected), "no {expected}");
         }

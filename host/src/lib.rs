@@ -5,8 +5,10 @@
 //! - [`registry`]: deploying components (validated in the sandbox, stored by the broker).
 //! - [`worker`]: leases messages from the broker, runs them in the sandbox, settles them.
 //! - [`units`]: human spellings of sizes and durations.
+//! - [`beat`]: periodic tasks (`wtq beat`): schedules, the beat lease, firing.
 //! - [`cli`]: the `wtq` command line, one function per command.
 
+pub mod beat;
 pub mod cli;
 pub mod registry;
 pub mod sandbox;

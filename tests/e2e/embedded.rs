@@ -40,6 +40,7 @@ async fn the_embedded_broker_runs_the_whole_queue_in_one_process() {
         shutdown_timeout: Duration::from_secs(5),
         limits: Limits::default(),
         reap_interval: Duration::from_secs(1),
+        task_events: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let compute = tokio::runtime::Handle::current();

@@ -1,8 +1,10 @@
 //! End-to-end tests: real components built from source, the real `wtq` binary, the real
 //! sandbox and a private `redis-server` per test. `support` builds the guest examples once per test run.
 
+mod beat;
 mod cluster;
 mod embedded;
+mod events;
 mod queue;
 #[path = "../../client/tests/support/redis_server.rs"]
 mod redis_server;

@@ -25,13 +25,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use super::tenancy::{GcraStep, Metered, gcra, invalid_namespace};
+#[path = "memory_schedule.rs"]
+mod schedule;
+
+use super::tenancy::{EVENTS_BUFFER, GcraStep, Metered, gcra, invalid_namespace};
 use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
     Settled, Settlement, Tenancy,
@@ -41,7 +44,10 @@ use crate::message::{
     Attempt, MAX_PRIORITY, Progress, State, TaskFailure, TaskMessage, TaskRecord,
 };
 use crate::registry::{ComponentRecord, Upload};
-use crate::tenancy::{Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage, namespace_of};
+use crate::tenancy::{
+    EVENT_LOG_CAP, EVENTS_ON_TTL, EVENTS_REFRESH, Event, Rate, RateDecision, Tenant, TokenRecord,
+    Usage, namespace_of,
+};
 use crate::workflow::{Input, JoinSlot, Links, Parked, Plan, Tree};
 
 /// Ids a worker's termination channel holds before further requests are dropped (with a
@@ -49,9 +55,6 @@ use crate::workflow::{Input, JoinSlot, Links, Parked, Plan, Tree};
 /// each delivery, so a dropped request is only lost for a task already running through a
 /// flood of a thousand others.
 const TERMINATION_BUFFER: usize = 1024;
-/// Events an `events()` receiver holds before further ones are dropped (with a warning), as
-/// the Redis broker does: a slow watcher must not hold the broker.
-const EVENTS_BUFFER: usize = 4096;
 
 /// Failure kinds the broker itself assigns (the sandbox's kinds come from the worker).
 const KIND_EXPIRED: &str = "expired";
@@ -80,6 +83,8 @@ struct Universe {
     namespaces: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
     /// The global tenant and token registry (`wtq:tenants`, `wtq:tokens` in Redis).
     registry: Mutex<Registry>,
+    /// `wtq beat`'s entries, states and leases, per namespace (`memory_schedule.rs`).
+    schedules: schedule::Table,
 }
 
 impl Universe {
@@ -189,6 +194,9 @@ struct Flow {
     links: Links,
     /// How a parked task takes its input: `Some` exactly while its slot is [`Slot::Parked`].
     parked: Option<Parked>,
+    /// The joins whose groups it is inside: only those of them that collect failures
+    /// collect its failure.
+    within: Vec<String>,
 }
 
 /// A join waiting for its members (`join:<id>` in Redis); removed once its links ran.
@@ -268,8 +276,20 @@ impl FlowFailure {
 enum Ended {
     /// Its output (JSON text).
     Success(String),
-    /// FAILURE or REVOKED (or another final state a worker reported).
-    Failure(FlowFailure, State),
+    /// FAILURE or REVOKED (or another final state a worker reported), and the joins the
+    /// task that failed is inside.
+    Failure(FlowFailure, State, Vec<String>),
+    /// It will never run because nothing failed (an errback whose task succeeded): what is
+    /// behind it is skipped too, errbacks included.
+    Skipped,
+}
+
+/// The error of a task skipped because what it handles did not fail.
+fn skipped() -> TaskFailure {
+    failure(
+        KIND_SKIPPED,
+        "not needed: what it handles did not fail".to_string(),
+    )
 }
 
 /// A parked task's own arguments with its input (JSON text) joined in. By text, as the Redis
@@ -439,8 +459,8 @@ struct Store {
     /// Rate bucket → GCRA theoretical arrival time (Unix µs). Buckets are few (one per kind of
     /// limited action); a bucket whose time has passed is as good as absent and is dropped.
     rates: HashMap<String, u64>,
-    /// One sender per `events()` subscriber; closed ones are dropped on the next event.
-    watchers: Vec<mpsc::Sender<TaskEvent>>,
+    /// The event log (`events` in Redis).
+    events: EventLog,
     /// Workflow id → its tree and the tree's expiry.
     workflows: HashMap<String, (Tree, u64)>,
     /// (tree expiry, workflow id), to drop trees in expiry order.
@@ -611,30 +631,40 @@ impl Store {
         }
     }
 
-    /// Tells every `events()` subscriber that `id` is now in `state`, dropping closed ones.
+    /// Logs `id`'s change to `state` while the log is on, as `event()` in `prelude.lua` does:
+    /// with the task's name, its worker (once received), its error or progress, and the ended
+    /// attempt's figures when this change ended one (a finish or a retry).
     fn event(&mut self, id: &str, state: State, at_ms: u64) {
-        // The common case, nobody watching, costs this check only.
-        if self.watchers.is_empty() {
+        // The common case, the log off, costs this check only.
+        if !self.events.is_on() {
             return;
         }
-        let event = TaskEvent {
-            id: id.to_string(),
-            state,
-            at_ms,
-        };
-        self.watchers
-            .retain(|watcher| match watcher.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        task = id,
-                        state = state.as_str(),
-                        "a task-event watcher is not keeping up; dropped an event"
-                    );
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        let mut event = Event::task(id, state, at_ms);
+        if let Some(task) = self.tasks.get(id) {
+            event.task = Some(format!("{}.{}", task.message.component, task.message.task));
+            if state != State::Pending {
+                event.worker.clone_from(&task.worker);
+            }
+            if matches!(state, State::Failure | State::Retry | State::Revoked) {
+                event.error.clone_from(&task.error);
+            }
+            if state == State::Progress {
+                event.progress.clone_from(&task.progress);
+            }
+            // The attempt this change ended, if it ended one: a retry has moved on to the
+            // next attempt; a finish is still on its own; a dead-letter has no attempt.
+            let ended = match state {
+                State::Retry => task.attempt.checked_sub(1),
+                State::Success | State::Failure | State::Revoked => Some(task.attempt),
+                _ => None,
+            };
+            if let Some(attempt) = task.attempts.last().filter(|a| Some(a.attempt) == ended) {
+                let error = event.error.take();
+                event = event.with_attempt(attempt);
+                event.error = event.error.or(error);
+            }
+        }
+        self.events.push(event);
     }
 
     /// Queues a new task, or refuses a used id.
@@ -734,6 +764,7 @@ impl Store {
                 address: planned.address,
                 links: planned.links,
                 parked: planned.parked,
+                within: planned.within,
             };
             self.insert(planned.message, Some(Box::new(flow)), now_ms);
         }
@@ -775,7 +806,7 @@ impl Store {
                 message,
                 member: None,
             };
-            Ended::Failure(failure, task.state)
+            Ended::Failure(failure, task.state, flow.within.clone())
         };
         let links = flow.links.clone();
         self.flow_links(links, ended, now_ms);
@@ -792,27 +823,24 @@ impl Store {
                     for id in &links.next {
                         self.flow_start(id, output, now_ms);
                     }
-                    let skipped = FlowFailure {
-                        id: String::new(),
-                        task: String::new(),
-                        kind: KIND_SKIPPED.to_string(),
-                        message: "not needed".to_string(),
-                        member: None,
-                    };
-                    let error = failure(
-                        KIND_SKIPPED,
-                        "not needed: what it handles did not fail".to_string(),
-                    );
                     for id in &links.errback {
-                        if let Some(dropped) = self.flow_drop(id, State::Revoked, &error, now_ms) {
-                            work.push_back((
-                                dropped,
-                                Ended::Failure(skipped.clone(), State::Revoked),
-                            ));
+                        if let Some(dropped) =
+                            self.flow_drop(id, State::Revoked, &skipped(), now_ms)
+                        {
+                            work.push_back((dropped, Ended::Skipped));
                         }
                     }
                 }
-                Ended::Failure(cause, state) => {
+                Ended::Skipped => {
+                    for id in links.next.iter().chain(&links.errback) {
+                        if let Some(dropped) =
+                            self.flow_drop(id, State::Revoked, &skipped(), now_ms)
+                        {
+                            work.push_back((dropped, Ended::Skipped));
+                        }
+                    }
+                }
+                Ended::Failure(cause, state, _) => {
                     let kind = if *state == State::Revoked {
                         KIND_UPSTREAM_REVOKED
                     } else {
@@ -885,13 +913,20 @@ impl Store {
         let join = self.joins.get_mut(&slot.join)?;
         let entry = match ended {
             Ended::Success(output) => output.clone(),
-            Ended::Failure(cause, state) if !join.collect => {
+            Ended::Skipped => {
+                let join = self.joins.remove(&slot.join)?;
+                return Some((join.links, Ended::Skipped));
+            }
+            // Collected only from a member: a failure from outside the group fails it.
+            Ended::Failure(cause, _, within) if join.collect && within.contains(&slot.join) => {
+                format!("{{\"error\":{}}}", cause.json())
+            }
+            Ended::Failure(cause, state, within) => {
                 let mut cause = cause.clone();
                 cause.member.get_or_insert(slot.index);
                 let join = self.joins.remove(&slot.join)?;
-                return Some((join.links, Ended::Failure(cause, *state)));
+                return Some((join.links, Ended::Failure(cause, *state, within.clone())));
             }
-            Ended::Failure(cause, _) => format!("{{\"error\":{}}}", cause.json()),
         };
         if join.results.contains_key(&slot.index) {
             return None;
@@ -1423,10 +1458,125 @@ impl Tenancy for MemoryBroker {
         Ok(self.lock().usage)
     }
 
-    async fn events(&self) -> Result<mpsc::Receiver<TaskEvent>, Error> {
+    async fn enable_events(&self, cap: u64, ttl: Duration) -> Result<(), Error> {
+        let mut store = self.lock();
+        store.events.on_until = Some(Instant::now() + ttl);
+        store.events.cap = cap.max(1);
+        store.events.trim();
+        Ok(())
+    }
+
+    async fn record_event(&self, event: &Event) -> Result<(), Error> {
+        let mut store = self.lock();
+        if store.events.is_on() {
+            store.events.push(event.clone());
+        }
+        Ok(())
+    }
+
+    async fn events(&self, after: Option<String>) -> Result<mpsc::Receiver<Event>, Error> {
+        let (notify, mut next) = {
+            let mut store = self.lock();
+            store.events.keep_on();
+            let next = match after {
+                // Cursors are `<seq>-0`; the one before the first event is 0.
+                Some(cursor) => cursor
+                    .split('-')
+                    .next()
+                    .and_then(|seq| seq.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .saturating_add(1),
+                None => store.events.next,
+            };
+            (Arc::clone(&store.events.written), next)
+        };
         let (sender, receiver) = mpsc::channel(EVENTS_BUFFER);
-        self.lock().watchers.push(sender);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            while !sender.is_closed() {
+                // Registered before the log is read: an event written after the read wakes it.
+                let written = notify.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                let batch = {
+                    let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+                    store.events.keep_on();
+                    store.events.after(next)
+                };
+                if batch.is_empty() {
+                    let _ = tokio::time::timeout(EVENTS_REFRESH, written).await;
+                    continue;
+                }
+                for (seq, event) in batch {
+                    next = seq + 1;
+                    if sender.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         Ok(receiver)
+    }
+}
+
+/// A namespace's capped event log: on while `on_until` is ahead.
+#[derive(Debug)]
+struct EventLog {
+    on_until: Option<Instant>,
+    cap: u64,
+    /// (sequence number, event), oldest first; numbers start at 1.
+    entries: VecDeque<(u64, Event)>,
+    /// The number the next event gets.
+    next: u64,
+    /// Woken at every event, for the readers.
+    written: Arc<Notify>,
+}
+
+impl Default for EventLog {
+    fn default() -> EventLog {
+        EventLog {
+            on_until: None,
+            cap: EVENT_LOG_CAP,
+            entries: VecDeque::new(),
+            next: 1,
+            written: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl EventLog {
+    fn is_on(&self) -> bool {
+        self.on_until.is_some_and(|until| until > Instant::now())
+    }
+
+    /// What a reader does while it lives: on at the current cap, for [`EVENTS_ON_TTL`].
+    fn keep_on(&mut self) {
+        self.on_until = Some(Instant::now() + EVENTS_ON_TTL);
+    }
+
+    fn push(&mut self, mut event: Event) {
+        event.cursor = format!("{}-0", self.next);
+        self.entries.push_back((self.next, event));
+        self.next += 1;
+        self.trim();
+        self.written.notify_waiters();
+    }
+
+    fn trim(&mut self) {
+        while self.entries.len() as u64 > self.cap {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Events numbered `first` or later (or the oldest kept, if those were trimmed), at most
+    /// a batch.
+    fn after(&self, first: u64) -> Vec<(u64, Event)> {
+        let start = self.entries.partition_point(|(seq, _)| *seq < first);
+        self.entries
+            .range(start..)
+            .take(EVENTS_BUFFER)
+            .cloned()
+            .collect()
     }
 }
 

@@ -17,8 +17,10 @@
 
 pub mod memory;
 pub mod redis;
+pub mod schedule;
 mod tenancy;
 
+pub use schedule::Schedules;
 pub use tenancy::Tenancy;
 
 use std::future::Future;

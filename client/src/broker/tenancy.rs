@@ -1,6 +1,6 @@
 //! The storage side of the hosted service's tenancy: the tenant and token registry (global
 //! keys, shared by every namespace), and the per-namespace quota machinery (the concurrency
-//! cap that `reserve` enforces, rate buckets, usage counters, task events).
+//! cap that `reserve` enforces, rate buckets, usage counters, the event log).
 //!
 //! Global keys (the only keys outside a namespace; the service's key-scan test allow-lists
 //! exactly these): `wtq:tenants` (hash: name → `Tenant` JSON) and `wtq:tokens` (hash: SHA-256
@@ -11,12 +11,13 @@
 //! adds to the usage counters ([`Metered`]), and the [`Tenancy`] dispatch of [`AnyBroker`].
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{Error, Settlement};
 use crate::connect::AnyBroker;
-use crate::tenancy::{Rate, RateDecision, TaskEvent, Tenant, TokenRecord, Usage};
+use crate::tenancy::{Event, Rate, RateDecision, Tenant, TokenRecord, Usage};
 
 /// Tenants, tokens and quotas. Implemented by every broker.
 pub trait Tenancy: Send + Sync + 'static {
@@ -70,13 +71,38 @@ pub trait Tenancy: Send + Sync + 'static {
     /// the reaper dead-letters, are not metered (no attempt of theirs reported anything).
     fn usage(&self) -> impl Future<Output = Result<Usage, Error>> + Send;
 
-    /// This namespace's task events (every state change a record takes: PENDING at enqueue,
-    /// release, reap and dead-letter retry; RECEIVED at reserve; STARTED and PROGRESS marks;
-    /// the settlement's state; REVOKED at revoke, purge and expiry; FAILURE at dead-lettering),
-    /// from now on, until the receiver is dropped. Events of one task arrive in order. A slow
-    /// receiver loses events (with a warning) rather than holding the broker.
-    fn events(&self) -> impl Future<Output = Result<mpsc::Receiver<TaskEvent>, Error>> + Send;
+    /// Turns this namespace's event log on for `ttl` (extended by calling again): while on,
+    /// every state change a record takes is appended, in the same atomic step
+    /// (`task-sent` at enqueue, release, reap and dead-letter retry; `task-received` at
+    /// reserve; `task-started` and `task-progress` marks; the settlement's
+    /// `task-succeeded`/`task-failed`/`task-retried` with the attempt's figures;
+    /// `task-revoked` at revoke, purge and expiry; `task-failed` at dead-lettering), as are
+    /// workers' [`Tenancy::record_event`]s. Off, none is written: the log costs the hot path
+    /// one read per call. The log keeps the last `cap` events (Redis: about `cap`).
+    fn enable_events(
+        &self,
+        cap: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Appends a worker's event (online, heartbeat, offline) to the log, if it is on.
+    fn record_event(&self, event: &Event) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The log's events after `after` (a cursor of an earlier event, or
+    /// [`crate::tenancy::EVENTS_FROM_START`]; `None`: from now on), then each new one as it is
+    /// written, until the receiver is dropped. Keeps the log on while the receiver lives (at
+    /// its current cap, [`crate::tenancy::EVENT_LOG_CAP`] if it was off). Events arrive in log order, which is
+    /// each task's order. A receiver that stalls for long may find its cursor trimmed away:
+    /// it then continues at the oldest event kept.
+    fn events(
+        &self,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<mpsc::Receiver<Event>, Error>> + Send;
 }
+
+/// Events an `events()` receiver holds before its reader waits: the reader then reads no
+/// further from the log until the consumer catches up (nothing is dropped).
+pub(crate) const EVENTS_BUFFER: usize = 1024;
 
 /// The error of a namespace that cannot name keys (see `redis::keys::valid_namespace`).
 // `Error` has no variant of its own for this yet; the namespace is the "address" that is
@@ -256,8 +282,23 @@ impl Tenancy for AnyBroker {
         dispatch!(self, broker => broker.usage())
     }
 
-    fn events(&self) -> impl Future<Output = Result<mpsc::Receiver<TaskEvent>, Error>> + Send {
-        dispatch!(self, broker => broker.events())
+    fn enable_events(
+        &self,
+        cap: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, broker => broker.enable_events(cap, ttl))
+    }
+
+    fn record_event(&self, event: &Event) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, broker => broker.record_event(event))
+    }
+
+    fn events(
+        &self,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<mpsc::Receiver<Event>, Error>> + Send {
+        dispatch!(self, broker => broker.events(after))
     }
 }
 

@@ -1,11 +1,14 @@
 //! The `wtq` command line: parses arguments into a validated config and calls one library
 //! function per command. Errors print one line on stderr and map to documented exit codes.
 
+mod beat;
 mod bench;
 mod bench_chord;
 mod bench_http;
 mod bench_queue;
+mod events;
 mod limits;
+mod progress;
 mod queue;
 mod run;
 mod serve;
@@ -51,6 +54,12 @@ enum Command {
     Purge(queue::PurgeArgs),
     /// Dead-lettered tasks: list, retry, purge.
     Dead(queue::DeadArgs),
+    /// Tail the event log live: task-sent … task-succeeded, worker-online … (--json: JSON lines).
+    Events(events::EventsArgs),
+    /// Fire periodic tasks: a schedule file's entries and those stored in the broker.
+    Beat(beat::BeatArgs),
+    /// Periodic task entries stored in the broker: add, list, remove.
+    Schedule(beat::ScheduleArgs),
     /// Measure the sandbox or the queue and print the figures.
     Bench(bench::BenchArgs),
     /// Serve the HTTP API for many tenants over Redis (every request needs a token).
@@ -164,6 +173,9 @@ pub fn main() -> ExitCode {
         Command::Workflow(args) => client_command(workflow::workflow(args)),
         Command::Purge(args) => client_command(queue::purge(args)),
         Command::Dead(args) => client_command(queue::dead(args)),
+        Command::Events(args) => client_command(events::events(args)),
+        Command::Beat(args) => beat::beat(args),
+        Command::Schedule(args) => client_command(beat::schedule(args)),
         Command::Serve(args) => serve::serve(args),
         Command::Up(args) => serve::up(*args),
         Command::Tenant(args) => client_command(tenant::tenant(args)),

@@ -146,6 +146,7 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
             shutdown_timeout: Duration::from_secs(10),
             limits,
             reap_interval: Duration::from_secs(2),
+            task_events: false,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -156,6 +157,17 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
             let namespace = broker
                 .namespaced(wtq_client::connect::DEFAULT_NAMESPACE)
                 .map_err(super::queue::broker_failure)?;
+            // The local tenant's periodic tasks (`/v1/schedules`), fired in-process.
+            let beat = crate::beat::BeatConfig {
+                holder: super::worker::default_name().replacen("wtq@", "beat@", 1),
+                lease: crate::beat::DEFAULT_LEASE,
+                entries: Vec::new(),
+            };
+            tokio::spawn(crate::beat::run(
+                beat,
+                namespace.clone(),
+                until_stopped(stopped.clone()),
+            ));
             tokio::spawn(crate::worker::run(
                 worker,
                 namespace,

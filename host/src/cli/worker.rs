@@ -41,6 +41,11 @@ pub struct WorkerArgs {
     /// How often expired leases are returned to their queues.
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "2s")]
     reap_interval: Duration,
+    /// Keep the event log on while this worker runs, so task events are kept even while
+    /// nobody tails them (Celery's -E); otherwise it is on only while `wtq events` or the
+    /// service's event stream reads it.
+    #[arg(long = "task-events", short = 'E')]
+    task_events: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -115,6 +120,7 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             shutdown_timeout: args.shutdown_timeout,
             limits,
             reap_interval: args.reap_interval,
+            task_events: args.task_events,
         };
         let summary = if args.tenants {
             run_tenants(config, broker, sandbox, compute_handle, shutdown_signal()).await

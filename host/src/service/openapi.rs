@@ -230,17 +230,48 @@ fn operations() -> Vec<Operation> {
         ),
         tenant(
             Get,
+            "/v1/schedules",
+            "The tenant's periodic task entries, by name, each with its last handled tick.",
+            json!([]),
+            Value::Null,
+            reply(200, "Entries.", array("ScheduleStatus")),
+            &[],
+        ),
+        tenant(
+            Post,
+            "/v1/schedules",
+            "Store a periodic task entry (replacing one of the same name); the tenant's beat fires it.",
+            json!([]),
+            json_body("ScheduleEntry"),
+            reply(201, "The stored entry.", schema("ScheduleEntry")),
+            &[400],
+        ),
+        tenant(
+            Delete,
+            "/v1/schedules/{name}",
+            "Remove a periodic task entry and its state.",
+            json!([path_param("name", "Entry name.")]),
+            Value::Null,
+            reply(200, "1: the entry was removed.", schema("CountResponse")),
+            &[404],
+        ),
+        tenant(
+            Get,
             "/v1/events",
-            "The tenant's task events as server-sent events: `event: task`, `data: TaskEvent` JSON; comments keep the connection alive.",
+            "The tenant's event log as server-sent events: `event: task` or `event: worker`, `data: Event` JSON; comments keep the connection alive. Reading turns the log on for the tenant.",
             json!([{
                 "name": "task", "in": "query", "required": false,
                 "description": "Only this task's events.",
                 "schema": {"type": "string"}
+            }, {
+                "name": "after", "in": "query", "required": false,
+                "description": "Start after this event's `cursor` (`0`: the whole log); default: live events only. A `Last-Event-ID` header works the same.",
+                "schema": {"type": "string"}
             }]),
             Value::Null,
             json!({"200": {
-                "description": "An endless event stream; each `data` is a TaskEvent.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}, "itemSchema": schema("TaskEvent")}}
+                "description": "An endless event stream; each `data` is an Event.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}, "itemSchema": schema("Event")}}
             }}),
             &[400],
         ),
@@ -434,7 +465,7 @@ fn path_param(name: &str, description: &str) -> Value {
 fn schemas() -> Value {
     let int = json!({"type": "integer", "minimum": 0});
     let opt_int = json!({"type": "integer", "minimum": 0});
-    json!({
+    let mut schemas = json!({
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -479,6 +510,41 @@ fn schemas() -> Value {
                 "max_deliveries": opt_int,
                 "result_expires_ms": opt_int
             }
+        },
+        "ScheduleEntry": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["name", "call", "trigger"],
+            "properties": {
+                "name": {"type": "string", "description": "1 to 128 ASCII letters, digits, `_`, `-` or `.`."},
+                "call": {"allOf": [schema("EnqueueRequest")], "description": "The call made at each tick; not `task_id`, `idempotency_key`, `eta_ms` or `countdown_ms` (the beat sets the key and ETA per tick)."},
+                "trigger": {
+                    "description": "Exactly one of: `{\"cron\": {\"expr\", \"tz\"}}` (5 crontab fields, or 6-7 with seconds; IANA zone, default UTC), `{\"every_ms\": N}` (N ≥ 1000, ticks at multiples of N since the epoch), `{\"at_ms\": UNIX_MS}` (once).",
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "properties": {
+                        "cron": {"type": "object", "required": ["expr"], "properties": {"expr": {"type": "string"}, "tz": {"type": "string"}}},
+                        "every_ms": {"type": "integer", "minimum": 1000},
+                        "at_ms": {"type": "integer", "minimum": 0}
+                    }
+                },
+                "missed": {"type": "string", "enum": ["skip", "catch_up"], "default": "skip", "description": "Missed ticks: fire the latest only, or every one within the catch-up window."},
+                "catch_up_window_ms": {"type": "integer", "minimum": 0, "default": 3600000},
+                "overlap": {"type": "string", "enum": ["allow", "skip"], "default": "allow", "description": "skip: no run while the entry's previous run is not final."}
+            }
+        },
+        "ScheduleStatus": {
+            "description": "A ScheduleEntry's fields, plus `fired` once a beat has handled it.",
+            "allOf": [schema("ScheduleEntry")],
+            "properties": {"fired": {
+                "type": "object",
+                "required": ["tick_ms"],
+                "properties": {
+                    "tick_ms": {"type": "integer", "description": "The last handled tick (Unix ms)."},
+                    "task": {"type": "string", "description": "The task of the latest fired tick."}
+                }
+            }}
         },
         "EnqueueResponse": {
             "type": "object",
@@ -686,11 +752,34 @@ fn schemas() -> Value {
             "properties": {
                 "tasks": int, "attempts": int, "fuel": int, "cpu_us": int, "memory_kib_ms": int
             }
-        },
-        "TaskEvent": {
-            "type": "object",
-            "required": ["id", "state", "at_ms"],
-            "properties": {"id": {"type": "string"}, "state": schema("State"), "at_ms": int}
         }
+    });
+    // Apart: one json! of every schema is past the macro's recursion limit.
+    schemas["Event"] = event_schema();
+    schemas
+}
+
+/// The event log's entry (`wtq_client::tenancy::Event`).
+fn event_schema() -> Value {
+    let int = json!({"type": "integer", "minimum": 0});
+    json!({
+            "type": "object",
+            "required": ["type", "at_ms"],
+            "properties": {
+                "type": {"type": "string", "description": "task-sent, task-received, task-started, task-progress, task-succeeded, task-failed, task-retried, task-revoked, worker-online, worker-heartbeat, worker-offline"},
+                "cursor": {"type": "string"},
+                "id": {"type": "string", "description": "The task (task events)."},
+                "state": schema("State"),
+                "at_ms": int,
+                "task": {"type": "string"},
+                "worker": {"type": "string"},
+                "attempt": int,
+                "runtime_ms": {"type": "number"},
+                "fuel": int,
+                "peak_memory": int,
+                "digest": {"type": "string"},
+                "error": {"type": "object"},
+                "progress": schema("Progress")
+            }
     })
 }

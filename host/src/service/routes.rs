@@ -14,6 +14,9 @@ use super::error::{ApiError, ApiResult};
 use super::state::AppState;
 use super::{admin, components, events, openapi, tasks, workflows};
 
+#[path = "schedules.rs"]
+mod schedules;
+
 /// An HTTP method the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Method {
@@ -82,6 +85,9 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/v1/dead", tasks::dead),
         route(Post, "/v1/dead/retry", tasks::retry_dead),
         route(Delete, "/v1/dead", tasks::purge_dead),
+        route(Get, "/v1/schedules", schedules::list),
+        route(Post, "/v1/schedules", schedules::put),
+        route(Delete, "/v1/schedules/{name}", schedules::remove),
         route(Get, "/v1/events", events::events),
         route(Get, "/v1/usage", tasks::usage),
         route(Get, "/v1/tenant", tasks::tenant),

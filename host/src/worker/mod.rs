@@ -26,6 +26,7 @@
 //! within the shutdown timeout, stop the rest at their next epoch tick and hand them back too.
 
 mod components;
+mod events;
 mod outcome;
 mod settle;
 mod tenants;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
-use wtq_client::broker::{Broker, Delivery, Lease, Mark, Settle, Settlement};
+use wtq_client::broker::{Broker, Delivery, Lease, Mark, Settle, Settlement, Tenancy};
 use wtq_client::message::{Progress, State, TaskFailure, now_ms};
 
 use crate::sandbox::{Limits, Sandbox};
@@ -82,6 +83,9 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// How often expired leases are returned to their queues.
     pub reap_interval: Duration,
+    /// Keep the namespace's event log on while the worker runs (Celery's `-E`), so events
+    /// are kept even while nobody tails them.
+    pub task_events: bool,
 }
 
 /// What a worker did, for its exit log and tests.
@@ -177,9 +181,14 @@ pub async fn run<B>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Summary
 where
-    B: Broker + Clone,
+    B: Broker + Tenancy + Clone,
 {
     let process = Process::new(config, compute, false);
+    let heartbeat = events::start(
+        broker.clone(),
+        process.config.name.clone(),
+        process.config.task_events,
+    );
     tracing::info!(
         worker = %process.config.name,
         queues = ?process.config.queues,
@@ -191,6 +200,7 @@ where
     fetch(&lane, &mut shutdown).await;
     shut_down(&process, std::slice::from_ref(&lane)).await;
     parts.abort();
+    heartbeat.stop().await;
     process.finish()
 }
 

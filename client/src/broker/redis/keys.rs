@@ -25,14 +25,22 @@
 //! | `usage`               | hash   | metered usage: `tasks`, `attempts`, `fuel`, `cpu_us`,   |
 //! |                       |        | `memory_kib_ms` (absent: 0)                             |
 //! | `rate:<bucket>`       | string | GCRA theoretical arrival time (Unix µs), with a TTL     |
-//! | `events-watched`      | string | present (with a TTL) while someone watches `events`     |
+//! | `events`              | stream | the event log: task and worker events (fields: `type`,  |
+//! |                       |        | `id`, `state`, `at_ms`, `task`, `worker`, `attempt`,    |
+//! |                       |        | `error`, `progress`), capped with `MAXLEN ~ <cap>`      |
+//! | `events-on`           | string | the log's cap, with a TTL; absent: nothing is logged    |
 //! | `flow:<id>`           | string | a workflow's `Tree` JSON, with a TTL                    |
 //! | `join:<id>`           | hash   | a workflow join: `size`, `done`, `mode`, `flatten`,     |
 //! |                       |        | results `r:<index>`, links (deleted once it fired)      |
+//! | `schedules`           | hash   | schedule entry name → `ScheduleEntry` JSON (run time)   |
+//! | `schedule-fired`      | hash   | entry name → `Fired` JSON: its last handled tick        |
+//! | `beat-leader`         | string | the beat lease `<token>:<holder>`, with a PX expiry     |
+//! | `beat-fence`          | string | counter: beat lease tokens                              |
 //!
 //! Pub/sub channels (not keys, but named the same way): `done:<id>` (a task became final),
-//! `work:<queue>` (a message may be ready there), `terminate` (payload: a task id), `events`
-//! (payload: `TaskEvent` JSON; published only while `events-watched` exists).
+//! `work:<queue>` (a message may be ready there), `terminate` (payload: a task id). Events are
+//! not published: readers block on the `events` stream (XREAD BLOCK, each on a connection of
+//! its own), which also keeps the history a late reader needs.
 //!
 //! The only keys outside a namespace, shared by all of them (the tenant registry of the hosted
 //! service; see `broker::tenancy`):
@@ -182,18 +190,38 @@ impl Keys {
         self.key(&format!("rate:{bucket}"))
     }
 
+    /// Run-time schedule entries (`wtq schedule add`).
+    pub fn schedules(&self) -> String {
+        self.key("schedules")
+    }
+
+    /// Every schedule entry's last handled tick.
+    pub fn schedule_fired(&self) -> String {
+        self.key("schedule-fired")
+    }
+
+    /// The beat lease: one beat process fires at a time.
+    pub fn beat_leader(&self) -> String {
+        self.key("beat-leader")
+    }
+
+    /// The counter of beat lease tokens.
+    pub fn beat_fence(&self) -> String {
+        self.key("beat-fence")
+    }
+
     /// A submitted workflow's tree (the scripts derive `join:<id>` keys themselves).
     pub fn workflow(&self, id: &str) -> String {
         self.key(&format!("flow:{id}"))
     }
 
-    /// Present while someone watches the namespace's events; the scripts publish only then.
-    pub fn events_watched(&self) -> String {
-        self.key("events-watched")
+    /// Present (value: the log's cap) while the event log is on; the scripts log only then.
+    pub fn events_on(&self) -> String {
+        self.key("events-on")
     }
 
-    /// Published (by the scripts, while watched) at every state change; payload `TaskEvent`.
-    pub fn events_channel(&self) -> String {
+    /// The event log (a stream), appended by the scripts at every state change while on.
+    pub fn events(&self) -> String {
         self.key("events")
     }
 
@@ -254,14 +282,18 @@ mod tests {
         check(keys.fence(), "wtq:{blue}:fence");
         check(keys.registry(), "wtq:{blue}:registry");
         check(keys.blob("3f2a"), "wtq:{blue}:blob:3f2a");
+        check(keys.schedules(), "wtq:{blue}:schedules");
+        check(keys.schedule_fired(), "wtq:{blue}:schedule-fired");
+        check(keys.beat_leader(), "wtq:{blue}:beat-leader");
+        check(keys.beat_fence(), "wtq:{blue}:beat-fence");
         check(keys.done_channel("x"), "wtq:{blue}:done:x");
         check(keys.work_channel("high"), "wtq:{blue}:work:high");
         check(keys.terminate_channel(), "wtq:{blue}:terminate");
         check(keys.quota(), "wtq:{blue}:quota");
         check(keys.usage(), "wtq:{blue}:usage");
         check(keys.rate("enqueue"), "wtq:{blue}:rate:enqueue");
-        check(keys.events_watched(), "wtq:{blue}:events-watched");
-        check(keys.events_channel(), "wtq:{blue}:events");
+        check(keys.events_on(), "wtq:{blue}:events-on");
+        check(keys.events(), "wtq:{blue}:events");
         // A brace in an id cannot move a key to another slot: only the first `{...}` counts.
         check(keys.task("{x}"), "wtq:{blue}:task:{x}");
         assert_eq!(keys.prefix(), "wtq:{blue}:");

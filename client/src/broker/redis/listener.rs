@@ -1,6 +1,7 @@
 //! The Redis broker's one pub/sub connection, shared by every waiter of a [`RedisBroker`] and
 //! of the brokers of other namespaces made from it: `wait` (channel `done:<id>`),
-//! `wait_for_work` (`work:<queue>`), `terminations` (`terminate`) and `events` (`events`).
+//! `wait_for_work` (`work:<queue>`) and `terminations` (`terminate`). (Task events are not
+//! here: they are a stream, read by `tenancy.rs` on connections of their own.)
 //! Channels are full names (`wtq:{<namespace>}:…`), so each waiter hears only its namespace.
 //!
 //! A waiter registers first ([`Listener::watch`] returns once Redis confirmed the
@@ -9,10 +10,6 @@
 //! re-established may have dropped messages, so the listener wakes every waiter after it
 //! resubscribes (spurious wake-ups, which every waiter tolerates by reading the state again)
 //! and forwards the ids of the `terminating` set again.
-//!
-//! Task events are published by the scripts only while the namespace's `events-watched` key
-//! exists; the listener sets it when someone subscribes and refreshes its TTL while anyone
-//! still listens, so a crashed watcher's namespace stops paying for PUBLISH soon after.
 //!
 //! One background task owns the connection: it reconnects with backoff, pings so that a dead
 //! connection is noticed, and unsubscribes from channels nobody waits on any more. It starts
@@ -29,8 +26,6 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::tenancy::TaskEvent;
-
 /// How long one connection attempt, or one SUBSCRIBE, may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connection is checked with a PING and idle channels are unsubscribed. It
@@ -41,11 +36,6 @@ const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Dura
 /// How long a first watcher waits for the listener's first connection before it settles for
 /// an unconfirmed subscription (its caller then re-checks the state periodically).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
-/// Lifetime of an `events-watched` key: several housekeeping intervals (which refresh it), so
-/// a slow round does not stop the events, yet a vanished watcher costs the scripts their
-/// PUBLISHes for half a minute at most.
-const EVENTS_WATCH_TTL: Duration = Duration::from_secs(30);
-
 /// The shared pub/sub connection of one broker (and its clones).
 pub(super) struct Listener {
     shared: Arc<Shared>,
@@ -57,7 +47,7 @@ pub(super) struct Listener {
 
 struct Shared {
     client: redis::Client,
-    /// For re-reading `terminating` sets after a reconnect, and refreshing `events-watched`.
+    /// For re-reading `terminating` sets after a reconnect.
     commands: ConnectionManager,
     /// Channel → who waits on it. A plain mutex: held only for map updates, never across an
     /// await.
@@ -77,8 +67,6 @@ struct Entry {
     subscribed: bool,
     /// A `terminate` channel's `terminating` set, replayed to its receivers after a reconnect.
     replay: Option<String>,
-    /// An `events` channel's `events-watched` key, kept alive while anyone listens.
-    flag: Option<String>,
 }
 
 enum Waiter {
@@ -86,8 +74,6 @@ enum Waiter {
     Wake(Arc<Notify>),
     /// Receives each message's payload (a `terminate` channel).
     Forward(mpsc::Sender<String>),
-    /// Receives each message decoded (an `events` channel).
-    Events(mpsc::Sender<TaskEvent>),
 }
 
 impl Waiter {
@@ -95,7 +81,6 @@ impl Waiter {
         match self {
             Waiter::Wake(notify) => Arc::strong_count(notify) == 1,
             Waiter::Forward(sender) => sender.is_closed(),
-            Waiter::Events(sender) => sender.is_closed(),
         }
     }
 }
@@ -132,7 +117,7 @@ impl Drop for Watch {
             if let Some(entry) = channels.get_mut(channel) {
                 entry.waiters.retain(|waiter| match waiter {
                     Waiter::Wake(notify) => !Arc::ptr_eq(notify, &self.notify),
-                    Waiter::Forward(_) | Waiter::Events(_) => true,
+                    Waiter::Forward(_) => true,
                 });
             }
         }
@@ -189,28 +174,6 @@ impl Listener {
         )
         .await;
         receiver
-    }
-
-    /// Forwards every task event on a namespace's `events` channel to a new receiver, until it
-    /// is dropped, and raises the namespace's `flag_key` (`events-watched`) so that the
-    /// scripts publish them. Fails only when the flag cannot be set.
-    pub(super) async fn events(
-        &self,
-        channel: String,
-        flag_key: String,
-        buffer: usize,
-    ) -> redis::RedisResult<mpsc::Receiver<TaskEvent>> {
-        let (sender, receiver) = mpsc::channel(buffer);
-        let channel = channel.into_bytes();
-        self.register(
-            std::slice::from_ref(&channel),
-            || Waiter::Events(sender.clone()),
-            |entry| entry.flag = Some(flag_key.clone()),
-        )
-        .await;
-        // After subscribing: an event published once the flag is up cannot be missed.
-        self.shared.raise_flag(&flag_key).await?;
-        Ok(receiver)
     }
 
     /// Adds a waiter to each channel (and lets `setup` note what the channel needs), then
@@ -306,8 +269,6 @@ impl Shared {
         let Some(entry) = channels.get_mut(channel) else {
             return;
         };
-        // Decoded once per message, not per receiver.
-        let mut event: Option<Option<TaskEvent>> = None;
         for waiter in &entry.waiters {
             match waiter {
                 Waiter::Wake(notify) => notify.notify_one(),
@@ -317,27 +278,6 @@ impl Shared {
                         tracing::warn!(
                             task = id,
                             "a worker's termination channel is full; it will see the request only at its next delivery"
-                        );
-                    }
-                }
-                Waiter::Events(sender) => {
-                    let decoded = event.get_or_insert_with(|| {
-                        serde_json::from_slice(payload)
-                            .inspect_err(|error| {
-                                tracing::warn!(%error, "ignoring an unreadable task event");
-                            })
-                            .ok()
-                    });
-                    let Some(decoded) = decoded else {
-                        continue;
-                    };
-                    if let Err(mpsc::error::TrySendError::Full(dropped)) =
-                        sender.try_send(decoded.clone())
-                    {
-                        tracing::warn!(
-                            task = dropped.id,
-                            state = dropped.state.as_str(),
-                            "a task-event watcher is not keeping up; dropped an event"
                         );
                     }
                 }
@@ -392,33 +332,6 @@ impl Shared {
         }
     }
 
-    /// Sets (or extends) an `events-watched` key.
-    async fn raise_flag(&self, key: &str) -> redis::RedisResult<()> {
-        redis::cmd("SET")
-            .arg(key)
-            .arg("1")
-            .arg("PX")
-            .arg(EVENTS_WATCH_TTL.as_millis() as u64)
-            .query_async(&mut self.commands.clone())
-            .await
-    }
-
-    /// Extends the `events-watched` key of every `events` channel someone still listens to
-    /// (or sets it again, after a Redis restart lost it).
-    async fn refresh_flags(&self) {
-        let flags: Vec<String> = self
-            .lock_channels()
-            .values()
-            .filter(|entry| entry.waiters.iter().any(|waiter| !waiter.is_closed()))
-            .filter_map(|entry| entry.flag.clone())
-            .collect();
-        for key in flags {
-            if let Err(error) = self.raise_flag(&key).await {
-                tracing::warn!(%error, key, "cannot keep the task events flowing");
-            }
-        }
-    }
-
     /// Unsubscribes from channels nobody waits on and forgets them.
     async fn sweep(&self, sink: &mut PubSubSink) -> redis::RedisResult<()> {
         let idle: Vec<Vec<u8>> = {
@@ -458,7 +371,6 @@ async fn run(shared: Weak<Shared>, mut stop: oneshot::Receiver<()>) {
                 strong.wake_all();
                 strong.connections.send_modify(|count| *count += 1);
                 strong.replay_terminations().await;
-                strong.refresh_flags().await;
                 drop(strong);
                 let stopped = listen(&shared, stream, &mut stop).await;
                 let Some(strong) = shared.upgrade() else {
@@ -548,15 +460,13 @@ async fn listen(
                     tracing::warn!(%error, "pub/sub connection to Redis failed; reconnecting");
                     return false;
                 }
-                shared.refresh_flags().await;
             }
             _ = &mut *stop => return true,
         }
     }
 }
 
-/// Pings the connection and drops idle subscriptions (the `events-watched` flags are
-/// refreshed after, outside the sink's lock, by the caller).
+/// Pings the connection and drops idle subscriptions.
 async fn housekeep(shared: &Shared) -> redis::RedisResult<()> {
     let mut slot = shared.sink.lock().await;
     let Some(sink) = slot.as_mut() else {

@@ -32,6 +32,7 @@
 mod keys;
 mod listener;
 mod record;
+mod schedule;
 mod tenancy;
 
 pub(crate) use self::keys::valid_namespace;
@@ -112,6 +113,9 @@ struct Shared {
     commands: ConnectionManager,
     scripts: Scripts,
     listener: Listener,
+    /// For the event log's readers: each blocks (XREAD BLOCK) on a connection of its own, never
+    /// on `commands`.
+    client: redis::Client,
 }
 
 /// The Lua scripts, hashed once; each is sent with EVALSHA, and loaded when Redis does not
@@ -212,7 +216,7 @@ impl RedisBroker {
             .set_number_of_retries(RECONNECT_ATTEMPTS);
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|error| unreachable(error.to_string()))?;
-        let listener = Listener::new(client, commands.clone());
+        let listener = Listener::new(client.clone(), commands.clone());
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 keys,
@@ -221,6 +225,7 @@ impl RedisBroker {
                     commands,
                     scripts: Scripts::load(),
                     listener,
+                    client,
                 }),
             }),
         })
@@ -427,6 +432,9 @@ fn link_fields(links: &Links, out: &mut Vec<(&'static str, String)>) {
 fn planned_fields(task: &PlannedTask) -> (&'static str, Vec<(&'static str, String)>) {
     let mut fields = vec![("flow", "1".to_string()), ("addr", task.address.clone())];
     link_fields(&task.links, &mut fields);
+    if !task.within.is_empty() {
+        fields.push(("within", task.within.join(" ")));
+    }
     let Some(parked) = &task.parked else {
         return ("", fields);
     };

@@ -8,21 +8,84 @@ local function record_ttl(value)
   return string.format('%d', n)
 end
 
--- Publishes a task event (`TaskEvent` JSON) on the namespace's `events` channel, if anyone
--- watches it: the `events-watched` key (kept alive by the watchers' listener) is checked once
--- per script call, at its first event, so an unwatched namespace pays one EXISTS per call
--- that changes a state, and a call that changes none pays nothing.
-local events_watched
-local function event(prefix, id, state, at_ms)
-  if events_watched == nil then
-    events_watched = redis.call('EXISTS', prefix .. 'events-watched') == 1
+-- Appends a task event to the namespace's event log, the `events` stream (see keys.rs), while
+-- the log is on: `events-on` exists (its value is the log's cap, kept by `MAXLEN ~`). Checked
+-- once per script call, at its first event, so with the log off a call that changes a state
+-- pays one GET, and a call that changes none pays nothing. Entry fields: `type` (Celery's
+-- name, as `task_event_type` in tenancy.rs), `id`, `state`, `at_ms`, and when known `task`
+-- (component.task), `worker`, `attempt` (the ended attempt's JSON: runtime, fuel, memory,
+-- digest), `error` and `progress` (JSON). `attempt_json` is the settle script's, or nil.
+local events_cap
+local EVENT_TYPES = {
+  PENDING = 'task-sent', RECEIVED = 'task-received', STARTED = 'task-started',
+  PROGRESS = 'task-progress', SUCCESS = 'task-succeeded', FAILURE = 'task-failed',
+  RETRY = 'task-retried', REVOKED = 'task-revoked',
+}
+-- The figures of an attempt's JSON (`Attempt`), as a small JSON object: not its output or log,
+-- which may be large. By pattern, not cjson: the fields wanted come before `log`, and a
+-- string value (output, error message) cannot match `"name":` as its quotes are escaped.
+local EVENT_NUMBERS = { 'attempt', 'duration_ms', 'fuel', 'peak_memory' }
+local EVENT_STRINGS = { 'worker', 'digest' }
+local function event_figures(attempt_json)
+  local parts = {}
+  for _, name in ipairs(EVENT_NUMBERS) do
+    local value = string.match(attempt_json, '"' .. name .. '":(%-?[%d%.eE%+%-]+)')
+    if value then
+      parts[#parts + 1] = '"' .. name .. '":' .. value
+    end
   end
-  if events_watched then
-    redis.call('PUBLISH', prefix .. 'events',
-      '{"id":' .. cjson.encode(id) .. ',"state":"' .. state .. '","at_ms":' .. at_ms .. '}')
+  for _, name in ipairs(EVENT_STRINGS) do
+    local value = string.match(attempt_json, '"' .. name .. '":("[^"\\]*")')
+    if value then
+      parts[#parts + 1] = '"' .. name .. '":' .. value
+    end
   end
+  return '{' .. table.concat(parts, ',') .. '}'
 end
 
+local function event(prefix, id, state, at_ms, attempt_json)
+  if events_cap == nil then
+    events_cap = redis.call('GET', prefix .. 'events-on')
+  end
+  if not events_cap then
+    return
+  end
+  local f = redis.call('HMGET', prefix .. 'task:' .. id, 'msg', 'addr', 'worker', 'error',
+    'progress')
+  local fields = { 'type', EVENT_TYPES[state] or state, 'id', id, 'state', state,
+    'at_ms', at_ms }
+  -- The message JSON starts with its id, component and task (TaskMessage's field order), so
+  -- the first matches are those fields: an id's own quotes are escaped and cannot match.
+  local name = f[2]
+  if f[1] then
+    local component = string.match(f[1], '"component":"([^"]*)"')
+    local task = string.match(f[1], '"task":"([^"]*)"')
+    if component and task then
+      name = component .. '.' .. task
+    end
+  end
+  if name then
+    fields[#fields + 1] = 'task'
+    fields[#fields + 1] = name
+  end
+  if f[3] and f[3] ~= '' and state ~= 'PENDING' then
+    fields[#fields + 1] = 'worker'
+    fields[#fields + 1] = f[3]
+  end
+  if attempt_json then
+    fields[#fields + 1] = 'attempt'
+    fields[#fields + 1] = event_figures(attempt_json)
+  end
+  if f[4] and f[4] ~= '' and (state == 'FAILURE' or state == 'RETRY' or state == 'REVOKED') then
+    fields[#fields + 1] = 'error'
+    fields[#fields + 1] = f[4]
+  end
+  if f[5] and f[5] ~= '' and state == 'PROGRESS' then
+    fields[#fields + 1] = 'progress'
+    fields[#fields + 1] = f[5]
+  end
+  redis.call('XADD', prefix .. 'events', 'MAXLEN', '~', events_cap, '*', unpack(fields))
+end
 
 -- Workflows (Broker::submit). A workflow's tasks are all stored when it is submitted; a task
 -- that waits for another's result is "parked": stored PENDING but not queued, its `parked`
@@ -130,25 +193,40 @@ local function flow_gather(key, size, flatten)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
--- Carries out the links of a task or join that ended (`key` its hash): with its output
--- (`ok`), or with `failure` (id, task, kind, message[, member]) in final state `state`.
--- A worklist, not recursion: a failure cascades down chains of any length.
-local function flow_links(prefix, now, key, ok, value, state)
-  local work = { { key, ok, value, state } }
+-- Carries out the links of a task or join that ended (`key` its hash), by `mode`: 'ok' with
+-- its output (`value`); 'fail' with `value` a failure (id, task, kind, message[, member]) in
+-- final state `state`, `within` being the joins the failed task is inside (only those of
+-- them that collect failures collect it: a failure from outside a group fails it); 'skip'
+-- when it will never run because nothing failed (an errback whose task succeeded), which
+-- skips everything behind it, errbacks included. A worklist, not recursion: a failure
+-- cascades down chains of any length.
+local SKIPPED = '{"kind":"skipped","message":"not needed: what it handles did not fail"}'
+
+local function flow_links(prefix, now, key, mode, value, state, within)
+  local work = { { key, mode, value, state, within } }
   local at = 1
   while at <= #work do
-    key, ok, value, state = unpack(work[at])
+    key, mode, value, state, within = unpack(work[at])
     at = at + 1
     local f = redis.call('HMGET', key, 'next', 'errback', 'join', 'jidx')
-    if ok then
+    if mode == 'ok' then
       for _, id in ipairs(flow_ids(f[1])) do
         flow_start(prefix, id, value, now)
       end
-      local skipped = { id = '', task = '', kind = 'skipped', message = 'not needed' }
-      local err = '{"kind":"skipped","message":"not needed: what it handles did not fail"}'
       for _, id in ipairs(flow_ids(f[2])) do
-        if flow_drop(prefix, id, 'REVOKED', err, now) then
-          work[#work + 1] = { prefix .. 'task:' .. id, false, skipped, 'REVOKED' }
+        if flow_drop(prefix, id, 'REVOKED', SKIPPED, now) then
+          work[#work + 1] = { prefix .. 'task:' .. id, 'skip' }
+        end
+      end
+    elseif mode == 'skip' then
+      for _, id in ipairs(flow_ids(f[1])) do
+        if flow_drop(prefix, id, 'REVOKED', SKIPPED, now) then
+          work[#work + 1] = { prefix .. 'task:' .. id, 'skip' }
+        end
+      end
+      for _, id in ipairs(flow_ids(f[2])) do
+        if flow_drop(prefix, id, 'REVOKED', SKIPPED, now) then
+          work[#work + 1] = { prefix .. 'task:' .. id, 'skip' }
         end
       end
     else
@@ -157,7 +235,7 @@ local function flow_links(prefix, now, key, ok, value, state)
         message = flow_describe(value, state) })
       for _, id in ipairs(flow_ids(f[1])) do
         if flow_drop(prefix, id, state, err, now) then
-          work[#work + 1] = { prefix .. 'task:' .. id, false, value, state }
+          work[#work + 1] = { prefix .. 'task:' .. id, 'fail', value, state, within }
         end
       end
       local input = cjson.encode(value)
@@ -169,7 +247,12 @@ local function flow_links(prefix, now, key, ok, value, state)
       local join = prefix .. 'join:' .. f[3]
       local j = redis.call('HMGET', join, 'size', 'mode', 'flatten', 'failed')
       if j[1] and not j[4] then
-        if not ok and j[2] ~= 'collect' then
+        local collect = mode == 'fail' and j[2] == 'collect' and
+          string.find(' ' .. (within or '') .. ' ', ' ' .. f[3] .. ' ', 1, true)
+        if mode == 'skip' then
+          redis.call('HSET', join, 'failed', '1')
+          work[#work + 1] = { join, 'skip' }
+        elseif mode == 'fail' and not collect then
           redis.call('HSET', join, 'failed', '1')
           -- A copy: the member index belongs to what the join's failure reaches, not to the
           -- links of this task still in the worklist. A number, as the failure JSON has it.
@@ -180,13 +263,13 @@ local function flow_links(prefix, now, key, ok, value, state)
           if not failed.member then
             failed.member = tonumber(f[4])
           end
-          work[#work + 1] = { join, false, failed, state }
+          work[#work + 1] = { join, 'fail', failed, state, within }
         else
-          local entry = ok and value or ('{"error":' .. cjson.encode(value) .. '}')
+          local entry = mode == 'ok' and value or ('{"error":' .. cjson.encode(value) .. '}')
           if redis.call('HSETNX', join, 'r:' .. f[4], entry) == 1 then
             local size = tonumber(j[1])
             if redis.call('HINCRBY', join, 'done', 1) == size then
-              work[#work + 1] = { join, true, flow_gather(join, size, j[3] == '1'), nil }
+              work[#work + 1] = { join, 'ok', flow_gather(join, size, j[3] == '1') }
             end
           end
         end
@@ -204,20 +287,21 @@ end
 local function flow_ended(prefix, id, state, output, err, now)
   local key = prefix .. 'task:' .. id
   if state == 'SUCCESS' then
-    flow_links(prefix, now, key, true, output, state)
+    flow_links(prefix, now, key, 'ok', output)
     return
   end
   local ok, decoded = pcall(cjson.decode, err)
   if not ok or type(decoded) ~= 'table' then
     decoded = {}
   end
+  local f = redis.call('HMGET', key, 'addr', 'within')
   local failure = {
     id = id,
-    task = redis.call('HGET', key, 'addr') or '?',
+    task = f[1] or '?',
     kind = type(decoded.kind) == 'string' and decoded.kind or 'unknown',
     message = type(decoded.message) == 'string' and decoded.message or '',
   }
-  flow_links(prefix, now, key, false, failure, state)
+  flow_links(prefix, now, key, 'fail', failure, state, f[2] or '')
 end
 
 -- flow_ended for callers outside the hot path, which have not read `flow`.

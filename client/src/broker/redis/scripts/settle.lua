@@ -59,7 +59,7 @@ for a = 2, #ARGV - 1, WIDTH do
       final[#final + 1] = id
       tasks = tasks + 1
       meter(a)
-      event(prefix, id, operand, now_ms)
+      event(prefix, id, operand, now_ms, attempt_json)
       if f[5] then
         flow_ended(prefix, id, operand, ARGV[a + 10], err, now)
       end
@@ -80,7 +80,7 @@ for a = 2, #ARGV - 1, WIDTH do
       end
       woken[f[3]] = true
       meter(a)
-      event(prefix, id, 'RETRY', now_ms)
+      event(prefix, id, 'RETRY', now_ms, attempt_json)
     end
     out[#out + 1] = f[1] == token and 1 or 0
   elseif kind == 'L' then
