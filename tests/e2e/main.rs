@@ -5,6 +5,7 @@ mod beat;
 mod cluster;
 mod embedded;
 mod events;
+mod metrics;
 mod queue;
 #[path = "../../client/tests/support/redis_server.rs"]
 mod redis_server;

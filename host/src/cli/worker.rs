@@ -1,6 +1,7 @@
 //! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down warmly; with
 //! `--tenants`, the queues of every tenant of the hosted service.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,16 +10,17 @@ use super::limits::LimitArgs;
 use super::queue::Connection;
 use super::{Failure, exit};
 use crate::units;
-use crate::worker::{WorkerConfig, run, run_tenants};
+use crate::worker::{WorkerConfig, run_tenants_with_metrics, run_with_metrics};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Queues to consume, comma-separated, in priority order.
     #[arg(long, short = 'Q', value_delimiter = ',', default_value = wtq_client::DEFAULT_QUEUE)]
     queues: Vec<String>,
-    /// Calls that run at once (default: the number of CPUs).
-    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=4096))]
-    concurrency: Option<u32>,
+    /// Calls that run at once: a number, or `auto` for the number of CPUs this process may
+    /// use (the default), which on Linux honours the affinity mask and cgroup CPU quotas.
+    #[arg(long, short = 'c', value_name = "N|auto", value_parser = parse_concurrency)]
+    concurrency: Option<Concurrency>,
     /// Messages held per running slot, as Celery's prefetch multiplier (none beyond the
     /// running calls with `--tenants`).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -46,6 +48,11 @@ pub struct WorkerArgs {
     /// service's event stream reads it.
     #[arg(long = "task-events", short = 'E')]
     task_events: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
+    /// free one, printed on stderr). Off by default; the endpoint has no authentication, so
+    /// bind it to loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -57,8 +64,11 @@ const MIN_LEASE: Duration = Duration::from_millis(300);
 
 pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     let usage = |message: String| Failure::new(exit::USAGE, message);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let concurrency = args.concurrency.map_or(cpus, |n| n as usize);
+    let cpus = cpu_count();
+    let concurrency = match args.concurrency {
+        None | Some(Concurrency::Auto) => cpus,
+        Some(Concurrency::Fixed(n)) => n as usize,
+    };
     let limits = args.limits.limits().map_err(usage)?;
     let sandbox_config = args
         .limits
@@ -109,6 +119,20 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     let compute_handle = compute.handle().clone();
     let outcome = io.block_on(async {
         let broker = args.connection.connect().await?;
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+                    Failure::new(
+                        exit::UNAVAILABLE,
+                        format!("--metrics {addr}: cannot listen: {error}; choose another address or port"),
+                    )
+                })?;
+                let bound = listener.local_addr().unwrap_or(addr);
+                eprintln!("metrics on http://{bound}/metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let sandbox = crate::sandbox::Sandbox::new(sandbox_config)
             .map_err(|error| Failure::new(exit::INTERNAL, error.to_string()))?;
         let config = WorkerConfig {
@@ -123,9 +147,9 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             task_events: args.task_events,
         };
         let summary = if args.tenants {
-            run_tenants(config, broker, sandbox, compute_handle, shutdown_signal()).await
+            run_tenants_with_metrics(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
         } else {
-            run(config, broker, sandbox, compute_handle, shutdown_signal()).await
+            run_with_metrics(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
         };
         eprintln!(
             "worker stopped: {} succeeded, {} failed, {} retried, {} revoked, {} handed back, {} refused as stale",
@@ -135,6 +159,37 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     });
     compute.shutdown_timeout(std::time::Duration::from_secs(1));
     outcome
+}
+
+/// `--concurrency`: a fixed number of slots, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Concurrency {
+    Auto,
+    Fixed(u32),
+}
+
+/// Most slots `--concurrency` accepts.
+const MAX_CONCURRENCY: u32 = 4096;
+
+fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(Concurrency::Auto);
+    }
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(Concurrency::Fixed(n)),
+        _ => Err(format!(
+            "use a number from 1 to {MAX_CONCURRENCY}, or `auto` for the CPU count"
+        )),
+    }
+}
+
+/// The CPUs this process may use (at least 1). `std::thread::available_parallelism` already
+/// takes the affinity mask (`taskset`, cpusets) and, on Linux, the cgroup v1 and v2 CPU quota
+/// (`cpu.max`, `cpu.cfs_quota_us`, as container runtimes set them) into account, rounded down:
+/// see its documentation's "Limitations" and rust-lang/rust#92697. It is not cached, so this is
+/// read once at startup.
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -173,4 +228,25 @@ pub(super) fn default_name() -> String {
         .filter(|host| !host.is_empty())
         .unwrap_or_else(|| "localhost".to_string());
     format!("wtq@{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_a_number_or_auto() {
+        let check = |text: &str, expected: Option<Concurrency>| {
+            assert_eq!(parse_concurrency(text).ok(), expected, "{text}")
+        };
+        check("auto", Some(Concurrency::Auto));
+        check("AUTO", Some(Concurrency::Auto));
+        check("1", Some(Concurrency::Fixed(1)));
+        check("4096", Some(Concurrency::Fixed(4096)));
+        check("0", None);
+        check("4097", None);
+        check("-1", None);
+        check("many", None);
+        assert!(cpu_count() >= 1);
+    }
 }

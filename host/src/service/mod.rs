@@ -2,7 +2,8 @@
 //! broker, for many tenants. Entry point: [`Service::bind`] then [`Service::run`].
 //!
 //! # Layout
-//! - [`routes`](self::routes): the one list of routes, the router, `/healthz`, `/openapi.json`.
+//! - [`routes`](self::routes): the one list of routes, the router, `/healthz`, `/openapi.json`,
+//!   `/metrics` (counted per route by `metrics`).
 //! - `auth`: who a request acts for (bearer token or the local tenant).
 //! - `state`: what requests share; token and tenant caches (at most a second old: a revoked
 //!   token or a changed quota takes effect on every process within a second).
@@ -21,6 +22,7 @@ mod body;
 mod components;
 mod error;
 mod events;
+mod metrics;
 mod openapi;
 mod quota;
 mod routes;

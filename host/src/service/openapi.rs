@@ -361,6 +361,12 @@ fn operations() -> Vec<Operation> {
             }}}}}),
             &[503],
         ),
+        open(
+            "/metrics",
+            "Prometheus metrics (text format 0.0.4): requests by route and status class, tasks and workflows enqueued, rate-limit refusals. Names no tenant.",
+            json!({"200": {"description": "The metrics.", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}),
+            &[],
+        ),
     ]
 }
 

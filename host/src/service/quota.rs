@@ -70,13 +70,16 @@ pub async fn take_rate(shared: &Shared, tenant: &TenantContext, n: usize) -> Api
         .await?;
     match decision {
         RateDecision::Allowed => Ok(()),
-        RateDecision::Limited { retry_after_ms } => Err(ApiError::rate_limited(
-            retry_after_ms,
-            format!(
-                "this tenant's enqueue rate of {rate} is used up; retry in {} ms",
-                retry_after_ms.max(1)
-            ),
-        )),
+        RateDecision::Limited { retry_after_ms } => {
+            shared.metrics.rate_limited.inc();
+            Err(ApiError::rate_limited(
+                retry_after_ms,
+                format!(
+                    "this tenant's enqueue rate of {rate} is used up; retry in {} ms",
+                    retry_after_ms.max(1)
+                ),
+            ))
+        }
     }
 }
 

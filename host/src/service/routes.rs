@@ -1,11 +1,14 @@
 //! The one list of routes: the router is built from it and the OpenAPI document is checked
 //! against it, so neither can serve or describe a route the other lacks. Also the open routes
-//! (`/healthz`, `/openapi.json`) and the answers for unknown paths and methods.
+//! (`/healthz`, `/openapi.json`, `/metrics`), the answers for unknown paths and methods, and
+//! the per-route request counting `/metrics` shows.
 
 use axum::Router;
 use axum::extract::State;
 use axum::handler::Handler;
-use axum::http::{StatusCode, Uri};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use wtq_client::DEFAULT_QUEUE;
 use wtq_client::broker::Broker;
@@ -99,22 +102,34 @@ pub fn routes() -> Vec<Route> {
         route(Delete, "/v1/admin/tokens/{id}", admin::revoke_token),
         route(Get, "/openapi.json", openapi_json),
         route(Get, "/healthz", healthz),
+        route(Get, "/metrics", metrics),
     ]
 }
 
-/// The service's router over `state`.
+/// The service's router over `state`. Each route's responses are counted under its template
+/// (not the request's path, which would make a series per task id).
 pub fn router(state: AppState) -> Router {
     routes()
         .into_iter()
-        .fold(Router::new(), |router, route| {
-            router.route(route.path, (route.handler)(route.method.filter()))
+        .enumerate()
+        .fold(Router::new(), |router, (index, route)| {
+            let shared = state.clone();
+            let counted = axum::middleware::map_response(move |response: Response| {
+                shared.metrics.request(index, response.status());
+                std::future::ready(response)
+            });
+            router.route(
+                route.path,
+                (route.handler)(route.method.filter()).layer(counted),
+            )
         })
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
 
-async fn no_route(uri: Uri) -> ApiError {
+async fn no_route(State(shared): State<AppState>, uri: Uri) -> ApiError {
+    shared.metrics.unmatched(StatusCode::NOT_FOUND);
     ApiError::not_found(format!(
         "no route {}; the routes are listed at /openapi.json",
         tasks::shown(uri.path())
@@ -143,4 +158,12 @@ async fn healthz(
         StatusCode::OK,
         axum::Json(serde_json::json!({"status": "ok"})),
     ))
+}
+
+/// `GET /metrics`: the Prometheus text exposition; no broker call, so it stays cheap.
+async fn metrics(State(shared): State<AppState>) -> ([(HeaderName, &'static str); 1], String) {
+    (
+        [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
 }

@@ -13,6 +13,7 @@ use wtq_client::tenancy::{Tenant, TokenRecord, namespace_of};
 use wtq_client::{AnyBroker, Client};
 
 use super::error::{ApiError, ApiResult};
+use super::metrics::ServiceMetrics;
 use crate::sandbox::Sandbox;
 
 /// How long a token lookup or a tenant's record (its quotas) is reused: a revoked token or a
@@ -37,6 +38,8 @@ pub struct Shared {
     pub local: Option<Arc<TenantContext>>,
     /// Flips to `true` when the service starts shutting down, ending event streams and waits.
     pub shutdown: watch::Receiver<bool>,
+    /// What `GET /metrics` shows.
+    pub metrics: ServiceMetrics,
     tokens: Mutex<HashMap<String, CachedToken>>,
     tenants: Mutex<HashMap<String, Arc<TenantContext>>>,
 }
@@ -92,6 +95,12 @@ impl Shared {
             max_body,
             local: local.map(Arc::new),
             shutdown,
+            metrics: ServiceMetrics::new(
+                super::routes::routes()
+                    .iter()
+                    .map(|route| (route.method, route.path))
+                    .collect(),
+            ),
             tokens: Mutex::default(),
             tenants: Mutex::default(),
         }

@@ -45,6 +45,7 @@ pub async fn enqueue(
     let enqueued = shared
         .call(Broker::enqueue(&tenant.broker, vec![task], now_ms()))
         .await?;
+    shared.metrics.enqueued_tasks.inc();
     let Some(enqueued) = enqueued.into_iter().next() else {
         tracing::error!("the broker answered an enqueue with no id");
         return Err(ApiError::internal("the broker answered with no task id"));
@@ -96,6 +97,7 @@ pub async fn enqueue_batch(
     let enqueued = shared
         .call(Broker::enqueue(&tenant.broker, prepared, now_ms()))
         .await?;
+    shared.metrics.enqueued_tasks.add(n as u64);
     if enqueued.len() != n {
         tracing::error!(
             sent = n,

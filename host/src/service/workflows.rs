@@ -45,6 +45,7 @@ pub async fn submit(
     shared
         .call(Broker::submit(&tenant.broker, plan, now_ms()))
         .await?;
+    shared.metrics.enqueued_workflows.inc();
     Ok((StatusCode::CREATED, axum::Json(reply)))
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use wtq_client::broker::Broker;
 use wtq_client::message::TaskMessage;
 
+use super::WorkerMetrics;
 use crate::sandbox::{Component, Metering, Sandbox};
 
 /// How long a name's current digest is trusted before the registry is asked again: a deploy
@@ -42,15 +43,18 @@ impl From<wtq_client::broker::Error> for ComponentError {
 pub struct Components<B> {
     broker: B,
     sandbox: Sandbox,
+    /// Counts compile-cache hits and misses.
+    metrics: Arc<WorkerMetrics>,
     loaded: Mutex<HashMap<String, Arc<OnceCell<Component>>>>,
     current: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl<B: Broker + Clone> Components<B> {
-    pub fn new(broker: B, sandbox: Sandbox) -> Self {
+    pub(super) fn new(broker: B, sandbox: Sandbox, metrics: Arc<WorkerMetrics>) -> Self {
         Components {
             broker,
             sandbox,
+            metrics,
             loaded: Mutex::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
         }
@@ -119,6 +123,9 @@ impl<B: Broker + Clone> Components<B> {
         let loaded = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(sandbox.load(wasm, Metering::Fuel))
         });
+        if let Ok(component) = &loaded {
+            self.metrics.loaded(component.compile_source());
+        }
         loaded.map_err(|error| {
             ComponentError::Unavailable(format!("component {name}@{short} does not load: {error}"))
         })

@@ -22,11 +22,14 @@
 //! slice), which delayed lease renewals past short leases; on their own thread they are never
 //! starved.
 //!
+//! Metrics: [`run_with_metrics`] also serves Prometheus `GET /metrics` (see `metrics`).
+//!
 //! Warm shutdown: stop fetching, hand back what has not started, let running calls finish
 //! within the shutdown timeout, stop the rest at their next epoch tick and hand them back too.
 
 mod components;
 mod events;
+mod metrics;
 mod outcome;
 mod settle;
 mod tenants;
@@ -46,7 +49,8 @@ use wtq_client::message::{Progress, State, TaskFailure, now_ms};
 use crate::sandbox::{Limits, Sandbox};
 pub use components::ComponentError;
 use components::Components;
-pub use tenants::{compute_threads, run_tenants};
+use metrics::{Depths, WorkerMetrics};
+pub use tenants::{compute_threads, run_tenants, run_tenants_with_metrics};
 
 /// Most messages asked for in one reserve.
 const MAX_BATCH: usize = 256;
@@ -135,6 +139,8 @@ struct Process {
     /// Woken whenever any lane settles, for the warm shutdown.
     freed: Notify,
     counts: Counts,
+    /// Everything else `/metrics` shows; shared with each lane's component loader.
+    metrics: Arc<WorkerMetrics>,
     /// Where guest calls run.
     compute: tokio::runtime::Handle,
 }
@@ -183,7 +189,25 @@ pub async fn run<B>(
 where
     B: Broker + Tenancy + Clone,
 {
+    run_with_metrics(config, broker, sandbox, compute, None, shutdown).await
+}
+
+/// [`run`], also serving Prometheus `GET /metrics` on `metrics` (if given) until the worker
+/// has shut down.
+pub async fn run_with_metrics<B>(
+    config: WorkerConfig,
+    broker: B,
+    sandbox: Sandbox,
+    compute: tokio::runtime::Handle,
+    metrics: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Summary
+where
+    B: Broker + Tenancy + Clone,
+{
     let process = Process::new(config, compute, false);
+    let endpoint = metrics
+        .map(|listener| metrics::serve(listener, process.clone(), Depths::One(broker.clone())));
     let heartbeat = events::start(
         broker.clone(),
         process.config.name.clone(),
@@ -201,6 +225,9 @@ where
     shut_down(&process, std::slice::from_ref(&lane)).await;
     parts.abort();
     heartbeat.stop().await;
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
+    }
     process.finish()
 }
 
@@ -212,6 +239,7 @@ impl Process {
             fair,
             freed: Notify::new(),
             counts: Counts::default(),
+            metrics: Arc::new(WorkerMetrics::new()),
             compute,
         })
     }
@@ -236,7 +264,7 @@ impl<B: Broker + Clone> Lane<B> {
         let (settle_sender, settle_receiver) = mpsc::unbounded_channel();
         let lane = Arc::new(Lane {
             process: process.clone(),
-            components: Components::new(broker.clone(), sandbox),
+            components: Components::new(broker.clone(), sandbox, process.metrics.clone()),
             broker,
             tenant,
             held: Mutex::new(HashMap::new()),
@@ -563,6 +591,12 @@ async fn run_one<B: Broker + Clone>(
         }
     };
     let started_ms = now_ms();
+    // From enqueue, or from its countdown / ETA. A retry's own due time is not in the
+    // message, so its wait counts from the first enqueue (earlier attempts included).
+    let due_ms = message.created_ms.max(message.eta_ms.unwrap_or(0));
+    lane.process
+        .metrics
+        .started(started_ms.saturating_sub(due_ms));
     if let Some(held) = lane
         .held
         .lock()
@@ -584,7 +618,10 @@ async fn run_one<B: Broker + Clone>(
         progress: Some(progress),
     };
     match component.call(&request).await {
-        Ok(report) => outcome::settlement(lane, delivery, message, &digest, started_ms, report),
+        Ok(report) => {
+            lane.process.metrics.finished(&report);
+            outcome::settlement(lane, delivery, message, &digest, started_ms, report)
+        }
         Err(error) => {
             // The host failed (e.g. the instance pool is exhausted), not the task: retry later.
             tracing::error!(id = %delivery.id, tenant = %lane.tenant, %error, "sandbox failure; handing the task back");
@@ -723,6 +760,7 @@ async fn reap<B: Broker + Clone>(lane: Arc<Lane<B>>) {
         match lane.broker.reap(now_ms(), 1000).await {
             Ok(0) => {}
             Ok(reclaimed) => {
+                lane.process.metrics.reclaimed(reclaimed as u64);
                 tracing::info!(tenant = %lane.tenant, reclaimed, "returned expired leases to their queues")
             }
             Err(error) => {

@@ -101,7 +101,10 @@ fn count<B>(lane: &Lane<B>, settle: &Settle, outcome: Option<Settled>) {
         },
         (Settled::Committed, Settlement::Retry { .. }) => &counts.retried,
         (Settled::Committed, Settlement::Release) => &counts.released,
-        (Settled::Committed, Settlement::DeadLetter(_)) => &counts.failed,
+        (Settled::Committed, Settlement::DeadLetter(_)) => {
+            lane.process.metrics.dead_letters.inc();
+            &counts.failed
+        }
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }

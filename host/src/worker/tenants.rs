@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use wtq_client::broker::{Broker, Tenancy};
 use wtq_client::tenancy::{Tenant, namespace_of};
 
+use super::metrics::{self, Depths};
 use super::{Lane, Parts, Process, Summary, WorkerConfig, fetch, shut_down};
 use crate::sandbox::Sandbox;
 
@@ -52,7 +53,25 @@ pub async fn run_tenants<B>(
 where
     B: Broker + Tenancy + Clone,
 {
+    run_tenants_with_metrics(config, root, sandbox, compute, None, shutdown).await
+}
+
+/// [`run_tenants`], also serving Prometheus `GET /metrics` on `metrics` (if given) until the
+/// worker has shut down; queue depths are shown per tenant.
+pub async fn run_tenants_with_metrics<B>(
+    config: WorkerConfig,
+    root: B,
+    sandbox: Sandbox,
+    compute: tokio::runtime::Handle,
+    metrics: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Summary
+where
+    B: Broker + Tenancy + Clone,
+{
     let process = Process::new(config, compute, true);
+    let endpoint = metrics
+        .map(|listener| metrics::serve(listener, process.clone(), Depths::Tenants(root.clone())));
     tracing::info!(
         worker = %process.config.name,
         queues = ?process.config.queues,
@@ -108,6 +127,9 @@ where
     shut_down(&process, &lanes).await;
     for served in all {
         served.parts.abort();
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
     }
     process.finish()
 }
