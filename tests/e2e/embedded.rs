@@ -44,7 +44,7 @@ async fn the_embedded_broker_runs_the_whole_queue_in_one_process() {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let compute = tokio::runtime::Handle::current();
-    let worker = tokio::spawn(run(config, broker.clone(), sandbox, compute, async {
+    let worker = tokio::spawn(run(config, broker.clone(), sandbox, compute, None, async {
         let _ = stopped.await;
     }));
 

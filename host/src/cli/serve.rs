@@ -173,6 +173,7 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
                 namespace,
                 sandbox,
                 compute_handle,
+                None,
                 until_stopped(stopped),
             ))
         } else {
@@ -181,6 +182,7 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
                 broker,
                 sandbox,
                 compute_handle,
+                None,
                 until_stopped(stopped),
             ))
         };

@@ -10,7 +10,7 @@ use super::limits::LimitArgs;
 use super::queue::Connection;
 use super::{Failure, exit};
 use crate::units;
-use crate::worker::{WorkerConfig, run_tenants_with_metrics, run_with_metrics};
+use crate::worker::{WorkerConfig, run, run_tenants};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -147,9 +147,9 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             task_events: args.task_events,
         };
         let summary = if args.tenants {
-            run_tenants_with_metrics(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
+            run_tenants(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
         } else {
-            run_with_metrics(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
+            run(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
         };
         eprintln!(
             "worker stopped: {} succeeded, {} failed, {} retried, {} revoked, {} handed back, {} refused as stale",

@@ -22,7 +22,7 @@
 //! slice), which delayed lease renewals past short leases; on their own thread they are never
 //! starved.
 //!
-//! Metrics: [`run_with_metrics`] also serves Prometheus `GET /metrics` (see `metrics`).
+//! Metrics: [`run`] and [`run_tenants`] also serve Prometheus `GET /metrics` (see `metrics`).
 //!
 //! Warm shutdown: stop fetching, hand back what has not started, let running calls finish
 //! within the shutdown timeout, stop the rest at their next epoch tick and hand them back too.
@@ -50,7 +50,7 @@ use crate::sandbox::{Limits, Sandbox};
 pub use components::ComponentError;
 use components::Components;
 use metrics::{Depths, WorkerMetrics};
-pub use tenants::{compute_threads, run_tenants, run_tenants_with_metrics};
+pub use tenants::{compute_threads, run_tenants};
 
 /// Most messages asked for in one reserve.
 const MAX_BATCH: usize = 256;
@@ -179,22 +179,8 @@ struct Counts {
 /// Runs a worker over one namespace until `shutdown` resolves, then shuts down warmly. Guest
 /// calls run on `compute` (a multi-thread runtime); the broker is driven from the calling
 /// runtime.
+/// With `metrics`, it also serves Prometheus `GET /metrics` there until it has shut down.
 pub async fn run<B>(
-    config: WorkerConfig,
-    broker: B,
-    sandbox: Sandbox,
-    compute: tokio::runtime::Handle,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Summary
-where
-    B: Broker + Tenancy + Clone,
-{
-    run_with_metrics(config, broker, sandbox, compute, None, shutdown).await
-}
-
-/// [`run`], also serving Prometheus `GET /metrics` on `metrics` (if given) until the worker
-/// has shut down.
-pub async fn run_with_metrics<B>(
     config: WorkerConfig,
     broker: B,
     sandbox: Sandbox,

@@ -43,22 +43,9 @@ struct Served<B> {
 /// Runs a worker over every tenant in `root`'s tenant registry (each in its own namespace)
 /// until `shutdown` resolves, then shuts down warmly. `config.concurrency` slots are shared by
 /// all tenants, handed out in turn; each tenant's cap is enforced by the broker at reserve.
+/// With `metrics`, it also serves Prometheus `GET /metrics` there (queue depths per tenant)
+/// until it has shut down.
 pub async fn run_tenants<B>(
-    config: WorkerConfig,
-    root: B,
-    sandbox: Sandbox,
-    compute: tokio::runtime::Handle,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Summary
-where
-    B: Broker + Tenancy + Clone,
-{
-    run_tenants_with_metrics(config, root, sandbox, compute, None, shutdown).await
-}
-
-/// [`run_tenants`], also serving Prometheus `GET /metrics` on `metrics` (if given) until the
-/// worker has shut down; queue depths are shown per tenant.
-pub async fn run_tenants_with_metrics<B>(
     config: WorkerConfig,
     root: B,
     sandbox: Sandbox,
