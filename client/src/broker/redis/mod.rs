@@ -379,16 +379,6 @@ fn settle_args(settlement: &Settlement) -> (&'static str, String, String, String
     }
 }
 
-/// The output a successful finish hands to its workflow links ('' otherwise).
-fn success_output(settlement: &Settlement) -> &str {
-    match settlement {
-        Settlement::Finish(attempt) if attempt.state == State::Success => {
-            attempt.output.as_deref().unwrap_or("null")
-        }
-        _ => "",
-    }
-}
-
 /// The enqueue script's values for one message: the 10 fixed ones, then its extra hash
 /// fields (a workflow task's links).
 fn message_args(
@@ -635,8 +625,7 @@ impl Broker for RedisBroker {
                         .arg(error)
                         .arg(metered.fuel)
                         .arg(metered.cpu_us)
-                        .arg(metered.memory_kib_ms)
-                        .arg(success_output(&settle.settlement));
+                        .arg(metered.memory_kib_ms);
                 }
                 call
             })

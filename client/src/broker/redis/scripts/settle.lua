@@ -4,9 +4,8 @@
 -- KEYS[1]  `leases`; KEYS[2] `dead`; KEYS[3] `terminating`; KEYS[4] the `seq` counter;
 -- KEYS[5]  `usage`
 -- ARGV[1]  key prefix; ARGV[2] now (ms)
--- then 10 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none),
--- the attempt's metering (computed in Rust, `Metered`): fuel, cpu_us, memory_kib_ms, and the
--- output JSON of a success ('' otherwise).
+-- then 9 values per settlement: id, token, kind, operand, attempt JSON, error JSON ('' none),
+-- and the attempt's metering (computed in Rust, `Metered`): fuel, cpu_us, memory_kib_ms.
 --   F  finish       operand = final state; the attempt is stored, the record expires later
 --   R  retry        operand = eta (ms); the attempt is stored, the next one waits for the eta
 --   L  release      back to its ready place at once; this delivery does not count
@@ -23,7 +22,7 @@
 -- Returns 1 (committed) or 0 (stale) per settlement.
 local prefix, now_ms = ARGV[1], ARGV[2]
 local now = tonumber(now_ms)
-local WIDTH = 10
+local WIDTH = 9
 local out = {}
 local unleased = {}
 local final = {}
@@ -36,6 +35,16 @@ local function meter(a)
   fuel = fuel + (tonumber(ARGV[a + 7]) or 0)
   cpu_us = cpu_us + (tonumber(ARGV[a + 8]) or 0)
   memory_kib_ms = memory_kib_ms + (tonumber(ARGV[a + 9]) or 0)
+end
+
+-- A workflow task's output, from its attempt's JSON: only workflow tasks pay the decode, and
+-- no task sends its output twice. (Decoding a JSON string gives its text back exactly.)
+local function attempt_output(attempt_json)
+  local ok, attempt = pcall(cjson.decode, attempt_json)
+  if ok and type(attempt) == 'table' and type(attempt.output) == 'string' then
+    return attempt.output
+  end
+  return 'null'
 end
 
 for a = 2, #ARGV - 1, WIDTH do
@@ -61,7 +70,7 @@ for a = 2, #ARGV - 1, WIDTH do
       meter(a)
       event(prefix, id, operand, now_ms, attempt_json)
       if f[5] then
-        flow_ended(prefix, id, operand, ARGV[a + 10], err, now)
+        flow_ended(prefix, id, operand, attempt_output(attempt_json), err, now)
       end
     end
     out[#out + 1] = f[1] == token and 1 or 0
