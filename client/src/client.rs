@@ -63,6 +63,18 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// What went wrong, under the workflow node that names where: it decides the error's
+    /// kind (and exit code).
+    pub fn cause(&self) -> &ClientError {
+        let mut cause = self;
+        while let ClientError::Workflow { source, .. } = cause {
+            cause = source;
+        }
+        cause
+    }
+}
+
 /// Connects producers to the queue: over a broker, or over the service's HTTP API.
 #[derive(Clone)]
 pub struct Client<P = Endpoint> {
@@ -108,10 +120,7 @@ impl<P: Producer> Client<P> {
 
     /// A handle on the result of task `id`.
     pub fn result(&self, id: &str) -> AsyncResult<P> {
-        AsyncResult {
-            id: id.to_string(),
-            producer: self.producer.clone(),
-        }
+        AsyncResult::new(id.to_string(), self.producer.clone())
     }
 
     /// Checks a workflow document against the registry and submits it whole (its first
@@ -536,6 +545,10 @@ pub struct AsyncResult<P = Endpoint> {
 }
 
 impl<P: Producer> AsyncResult<P> {
+    pub(crate) fn new(id: String, producer: P) -> Self {
+        AsyncResult { id, producer }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

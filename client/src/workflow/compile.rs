@@ -200,35 +200,28 @@ impl Compiler<'_> {
             }
             Kind::Chain(nodes) => self.chain(nodes, &options, parked, sink, path)?,
             Kind::Group(nodes) => {
-                let (entries, trees) = self.group(
-                    nodes,
-                    &options,
-                    parked,
-                    sink,
-                    false,
-                    &format!("{path}.group"),
-                )?;
+                let (entries, trees) =
+                    self.group(nodes, &options, parked, sink, &format!("{path}.group"))?;
                 (entries, Tree::Group(trees))
             }
             Kind::Chord { header, body } => {
-                let (body_entries, body) =
-                    self.node(body, &options, true, sink, &format!("{path}.chord.body"))?;
-                let to_body = Links {
-                    next: body_entries,
-                    ..Links::default()
-                };
                 if header.is_empty() {
                     return Err(at(
                         path,
                         invalid("a chord needs at least one header task".into()),
                     ));
                 }
+                let (body_entries, body) =
+                    self.node(body, &options, true, sink, &format!("{path}.chord.body"))?;
+                let to_body = Links {
+                    next: body_entries,
+                    ..Links::default()
+                };
                 let (entries, header) = self.group(
                     header,
                     &options,
                     parked,
                     to_body,
-                    false,
                     &format!("{path}.chord.header"),
                 )?;
                 (
@@ -315,13 +308,13 @@ impl Compiler<'_> {
     }
 
     /// A group: its members deliver to a join when something waits for the group's result.
+    /// (A failed compile is dropped whole, so `within` need not be restored on an error.)
     fn group(
         &mut self,
         nodes: &[Node],
         options: &Options,
         parked: bool,
         sink: Links,
-        flatten: bool,
         path: &str,
     ) -> Result<(Vec<String>, Vec<Tree>), ClientError> {
         if nodes.is_empty() {
@@ -330,29 +323,14 @@ impl Compiler<'_> {
                 invalid("a group needs at least one member".into()),
             ));
         }
-        let join = (!sink.is_empty()).then(|| self.join(nodes.len(), options, flatten, sink));
+        let join = (!sink.is_empty()).then(|| self.join(nodes.len(), options, false, sink));
         self.within.extend(join.clone());
-        let compiled = self.members(nodes, options, parked, join.as_deref(), path);
-        if join.is_some() {
-            self.within.pop();
-        }
-        compiled
-    }
-
-    fn members(
-        &mut self,
-        nodes: &[Node],
-        options: &Options,
-        parked: bool,
-        join: Option<&str>,
-        path: &str,
-    ) -> Result<(Vec<String>, Vec<Tree>), ClientError> {
         let mut entries = Vec::new();
         let mut trees = Vec::with_capacity(nodes.len());
         for (index, member) in nodes.iter().enumerate() {
             let to_join = Links {
-                join: join.map(|join| JoinSlot {
-                    join: join.to_string(),
+                join: join.as_ref().map(|join| JoinSlot {
+                    join: join.clone(),
                     index,
                 }),
                 ..Links::default()
@@ -366,6 +344,9 @@ impl Compiler<'_> {
             )?;
             entries.extend(first);
             trees.push(tree);
+        }
+        if join.is_some() {
+            self.within.pop();
         }
         Ok((entries, trees))
     }
@@ -418,15 +399,9 @@ impl Compiler<'_> {
                 lists: slice.to_vec(),
                 first: index * size,
             };
-            let id = self.task(task, batch, options, parked, links);
-            let id = match id {
-                Ok(id) => id,
-                Err(error) => {
-                    self.within
-                        .truncate(self.within.len() - usize::from(join.is_some()));
-                    return Err(at(&format!("{path}.chunks[{index}]"), error));
-                }
-            };
+            let id = self
+                .task(task, batch, options, parked, links)
+                .map_err(|error| at(&format!("{path}.chunks[{index}]"), error))?;
             entries.push(id.clone());
             leaves.push(Tree::Task(TaskLeaf {
                 id,

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::plan::Tree;
 use crate::broker::{Error, Revoked};
-use crate::client::ResultError;
-use crate::message::{State, TaskFailure, TaskRecord};
+use crate::client::{AsyncResult, ResultError};
+use crate::message::{State, TaskRecord};
 use crate::producer::Producer;
 
 /// A handle on a submitted workflow, as Celery's `AsyncResult` of a canvas (`GroupResult`
@@ -62,26 +62,15 @@ impl<P: Producer> WorkflowResult<P> {
         let mut outputs = HashMap::new();
         for id in self.result_ids() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let record = self.producer.wait(id, left).await?;
-            let record = record.ok_or_else(|| ResultError::Unknown { id: id.to_string() })?;
-            let error = || {
-                record.error.clone().unwrap_or(TaskFailure {
-                    kind: "unknown".into(),
-                    message: "no error recorded".into(),
-                })
-            };
-            let id = id.to_string();
-            let output = match record.state {
-                State::Success => record.output().unwrap_or("null"),
-                State::Failure => return Err(ResultError::Failed { id, error: error() }),
-                State::Revoked => return Err(ResultError::Revoked { id, error: error() }),
-                state => {
-                    return Err(ResultError::Timeout { id, timeout, state });
+            let task = AsyncResult::new(id.to_string(), self.producer.clone());
+            let output = task.get(left).await.map_err(|error| match error {
+                // The workflow's whole wait, not what was left of it for this task.
+                ResultError::Timeout { id, state, .. } => {
+                    ResultError::Timeout { id, timeout, state }
                 }
-            };
-            let value: Value = serde_json::from_str(output)
-                .map_err(|e| Error::Corrupt(format!("output of task {id}: {e}")))?;
-            outputs.insert(id, value);
+                other => other,
+            })?;
+            outputs.insert(id.to_string(), output);
         }
         Ok(value(&self.tree, &mut outputs))
     }

@@ -93,12 +93,7 @@ pub fn broker_failure(error: broker::Error) -> Failure {
 }
 
 pub(super) fn client_failure(error: ClientError) -> Failure {
-    // A workflow's error names the node; its exit code is the cause's.
-    let mut cause = &error;
-    while let ClientError::Workflow { source, .. } = cause {
-        cause = source;
-    }
-    if matches!(cause, ClientError::TooLarge { .. }) {
+    if matches!(error.cause(), ClientError::TooLarge { .. }) {
         return Failure::new(exit::ARGS_TOO_LARGE, error.to_string());
     }
     match error {

@@ -166,12 +166,7 @@ impl From<ClientError> for ApiError {
         if let ClientError::Broker(error) = error {
             return error.into();
         }
-        // A workflow's error names the node; its kind is the cause's.
-        let mut cause = &error;
-        while let ClientError::Workflow { source, .. } = cause {
-            cause = source;
-        }
-        let kind = match cause {
+        let kind = match error.cause() {
             ClientError::Address(_)
             | ClientError::UnknownComponent { .. }
             | ClientError::UnknownTask { .. } => "unknown_task",
