@@ -54,8 +54,13 @@ pub async fn workflow(args: WorkflowArgs) -> Result<u8, Failure> {
 }
 
 async fn submit(args: SubmitArgs) -> Result<u8, Failure> {
-    let shown = args.file.display().to_string();
-    let text = if shown == "-" {
+    let from_stdin = args.file.as_os_str() == "-";
+    let shown = if from_stdin {
+        "standard input".to_string()
+    } else {
+        args.file.display().to_string()
+    };
+    let text = if from_stdin {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
