@@ -21,7 +21,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,6 +48,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a deploy may take: uploading up to 64 MiB and the service validating it.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Piece of a deploy's body handed to the connection at a time: one progress report each,
+/// about a thousand for the largest upload, and small enough that a slow link still moves.
+const UPLOAD_CHUNK: usize = 64 << 10;
 /// How much longer than the wait it asked for a long poll may take before it counts as lost.
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
 /// Largest reply read: a dead-letter page or a registry listing is far smaller, and a broken
@@ -285,6 +290,19 @@ impl HttpApi {
     /// `POST /v1/components/{name}`: uploads a component (gzip-compressed on the way); the
     /// service validates it and makes it the current version of `name`.
     pub async fn deploy(&self, name: &str, wasm: Vec<u8>) -> Result<ComponentRecord, Error> {
+        self.deploy_with_progress(name, wasm, |_, _| {}).await
+    }
+
+    /// [`deploy`](Self::deploy), calling `on_progress(sent, total)` as the compressed body is
+    /// handed to the connection, [`UPLOAD_CHUNK`] bytes at a time: `total` is the compressed
+    /// size, and the last call has `sent == total` (the service then validates the component
+    /// before it answers).
+    pub async fn deploy_with_progress(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        on_progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<ComponentRecord, Error> {
         let url = self.route(&["v1", "components", name])?;
         // Compressing tens of MiB takes long enough to hold up other tasks on this thread.
         let gzipped = tokio::task::spawn_blocking(move || gzip(&wasm))
@@ -292,11 +310,19 @@ impl HttpApi {
             .map_err(|error| error.to_string())
             .and_then(|result| result.map_err(|error| error.to_string()))
             .map_err(|error| Error::Corrupt(format!("compressing component `{name}`: {error}")))?;
+        // The length is declared, not left to the body: the service refuses an upload from
+        // its `Content-Length` before reading it, and a streamed body must not turn chunked.
+        let length = gzipped.len() as u64;
         let request = self
             .authorized(self.inner.client.post(url))
             .header(CONTENT_TYPE, "application/wasm")
             .header(CONTENT_ENCODING, "gzip")
-            .body(gzipped)
+            .header(CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap(Upload {
+                data: gzipped.into(),
+                sent: 0,
+                on_progress: Box::new(on_progress),
+            }))
             .timeout(UPLOAD_TIMEOUT);
         let body = self
             .answer_bytes(request)
@@ -780,6 +806,44 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
+/// A deploy's body: the compressed component in [`UPLOAD_CHUNK`] pieces, reporting after each
+/// how much has been handed to the connection (hyper asks for the next piece once it has
+/// taken the last, so the reports follow the socket, give or take its buffers).
+struct Upload {
+    data: bytes::Bytes,
+    sent: usize,
+    on_progress: Box<dyn Fn(u64, u64) + Send + Sync>,
+}
+
+impl http_body::Body for Upload {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let upload = self.get_mut();
+        let total = upload.data.len();
+        if upload.sent == total {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (upload.sent + UPLOAD_CHUNK).min(total);
+        let piece = upload.data.slice(upload.sent..end);
+        upload.sent = end;
+        (upload.on_progress)(end as u64, total as u64);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.data.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact((self.data.len() - self.sent) as u64)
+    }
+}
+
 // As for the brokers: `async move` bodies so each future is checked `Send`.
 #[allow(clippy::manual_async_fn)]
 impl Producer for HttpApi {
@@ -1256,6 +1320,44 @@ mod tests {
         assert_eq!(&deploy_body[..2], &[0x1f, 0x8b], "a gzip stream");
         let revoke: RevokeRequest = serde_json::from_slice(&seen[3].1).expect("revoke body");
         assert!(revoke.terminate);
+    }
+
+    #[tokio::test]
+    async fn a_deploy_reports_its_upload_and_declares_its_length() {
+        let (url, served) = stub(vec![(
+            "400 Bad Request",
+            "",
+            api_error("invalid_component", "not a component"),
+        )])
+        .await;
+        let api = HttpApi::new(&url, None).expect("valid");
+        // Bytes gzip cannot shrink, so the body is several pieces long.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let wasm: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let on_progress = move |sent, total| seen.lock().expect("not poisoned").push((sent, total));
+        match api.deploy_with_progress("big", wasm, on_progress).await {
+            Err(Error::Rejected { kind, .. }) => assert_eq!(kind, "invalid_component"),
+            other => panic!("expected a refusal: {other:?}"),
+        }
+        let requests = served.await.expect("served");
+        let (head, body) = &requests[0];
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        let total = body.len() as u64;
+        assert!(total > 3 * UPLOAD_CHUNK as u64, "{total}");
+        let reports = reports.lock().expect("not poisoned").clone();
+        assert_eq!(reports.len(), (total as usize).div_ceil(UPLOAD_CHUNK));
+        assert!(reports.iter().all(|&(_, of)| of == total));
+        assert!(reports.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert_eq!(reports.last(), Some(&(total, total)));
     }
 
     #[test]

@@ -1002,3 +1002,96 @@ async fn a_noisy_tenant_is_held_to_its_quota_and_does_not_slow_a_quiet_one() {
         "quiet's median wait went from {idle:.1} ms to {loaded:.1} ms"
     );
 }
+
+/// `bytes` with a custom section of `size` bytes appended that gzip cannot shrink: a valid
+/// component as large as a test needs (custom sections are legal anywhere in a component).
+fn padded(bytes: &[u8], size: usize) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"wtq-test-padding";
+    let mut payload = Vec::with_capacity(size + 32);
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    payload.extend((0..size).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb128(payload.len(), &mut out);
+    out.extend(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_a_large_component_over_http_shows_the_upload_on_stderr() {
+    use sha2::{Digest as _, Sha256};
+    let wtq = Wtq::new();
+    let service = Service::up(&wtq, &["-c", "1"]);
+    let wasm = padded(&guest_bytes("math"), 3 << 19);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("bigmath.wasm");
+    std::fs::write(&file, &wasm).expect("component written");
+    let file = file.to_str().expect("utf-8");
+
+    let run = service.cmd(&wtq, None, &["deploy", file, "--progress"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let digest: String = Sha256::digest(&wasm)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert!(
+        run.stdout
+            .starts_with(&format!("deployed bigmath {digest}\n  bigmath.add(")),
+        "{}",
+        run.stdout
+    );
+    // Redrawn in place as the pieces go out, ending full, on a line of its own.
+    let draws: Vec<&str> = run
+        .stderr
+        .split('\r')
+        .filter(|draw| !draw.is_empty())
+        .map(|draw| draw.trim_end_matches('\n').trim_end_matches("\x1b[K"))
+        .collect();
+    assert!(draws.len() > 3, "{:?}", run.stderr);
+    assert!(run.stderr.ends_with("\x1b[K\n"), "{:?}", run.stderr);
+    let last = draws.last().expect("drawn");
+    let bar = format!("[{}]", "#".repeat(30));
+    assert!(last.starts_with(&bar), "{last}");
+    let sizes = &last[bar.len() + 1..];
+    let (sent, total) = sizes.split_once(" / ").expect("sent / total");
+    assert_eq!(sent, total, "{last}");
+    // The 1.5 MiB of padding does not compress: the whole of it went over the wire.
+    let mib: f64 = total
+        .strip_suffix(" MiB")
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("a size in MiB: {last}"));
+    assert!(mib >= 1.5, "{last}");
+    assert!(!draws[0].starts_with(&bar), "{draws:?}");
+
+    // Without --progress and a terminal, stderr stays quiet and stdout is the same.
+    let quiet = service.cmd(&wtq, None, &["deploy", file]);
+    assert_eq!(
+        (quiet.code, quiet.stderr.as_str(), quiet.stdout.as_str()),
+        (0, "", run.stdout.as_str())
+    );
+    // The padded component is a working one.
+    let call = service.cmd(
+        &wtq,
+        None,
+        &["call", "bigmath.add", "[2,3]", "--wait", "--timeout", "30s"],
+    );
+    assert_eq!((call.code, call.stdout.trim()), (0, "5"), "{}", call.stderr);
+}
