@@ -8,12 +8,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::api::{EnqueueRequest, WorkflowResponse};
-use crate::broker::Schedules;
+use crate::broker::control::{ControlReply, ControlRequest};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{
     Broker, Delivery, Enqueued, Error, Lease, Mark, NewTask, Revoked, Settle, Settled,
 };
+use crate::broker::{Control, Schedules};
 use crate::client::ClientError;
 use crate::http::HttpApi;
 use crate::message::TaskRecord;
@@ -345,6 +346,61 @@ impl Broker for AnyBroker {
 
     fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send {
         dispatch!(self, b => b.workflow(id))
+    }
+
+    fn set_rate_limit(
+        &self,
+        task: &str,
+        rate: Option<crate::tenancy::Rate>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.set_rate_limit(task, rate))
+    }
+
+    fn set_time_limit(
+        &self,
+        task: &str,
+        limit_ms: Option<u64>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.set_time_limit(task, limit_ms))
+    }
+
+    fn task_policies(
+        &self,
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<String, crate::registry::TaskPolicy>, Error>,
+    > + Send {
+        dispatch!(self, b => b.task_policies())
+    }
+}
+
+// As for `Broker` above.
+#[allow(clippy::manual_async_fn)]
+impl Control for AnyBroker {
+    fn broadcast(
+        &self,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<ControlReply>, Error>> + Send {
+        dispatch!(self, b => b.broadcast(request, timeout))
+    }
+
+    fn control_requests(
+        &self,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<ControlRequest>, Error>> + Send
+    {
+        dispatch!(self, b => b.control_requests())
+    }
+
+    fn reply(&self, reply: &ControlReply) -> impl Future<Output = Result<(), Error>> + Send {
+        dispatch!(self, b => b.reply(reply))
+    }
+
+    fn delayed(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, Error>> + Send {
+        dispatch!(self, b => b.delayed(queue, limit))
     }
 }
 

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::tenancy::Rate;
+
 /// One task of a component, as the component lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskInfo {
@@ -65,6 +67,20 @@ impl ComponentRecord {
             ))),
         }
     }
+}
+
+/// What an operator set for one task at run time (`wtq deploy --rate-limit`, `wtq control
+/// rate-limit|time-limit`), held by the broker for every worker. Keyed by the task's address
+/// without a version, `component.task`: a pinned call (`math@3f2a.add`) has the same policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPolicy {
+    /// At most this many of its messages are leased per period, across every worker of the
+    /// namespace (the broker's reserve enforces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+    /// Its time limit, in place of the worker's default (the worker applies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
 }
 
 /// A component to store.

@@ -28,7 +28,7 @@ use wtq_client::message::{
     Attempt, Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_RESULT_EXPIRES_MS, LimitOverrides, Progress,
     State, TaskFailure, TaskMessage, TaskRecord,
 };
-use wtq_client::registry::{ComponentRecord, TaskInfo, Upload, Version};
+use wtq_client::registry::{ComponentRecord, TaskInfo, TaskPolicy, Upload, Version};
 use wtq_client::tenancy::{
     EVENTS_FROM_START, Event, Quotas, Rate, RateDecision, Tenant, TokenRecord, Usage, namespace_of,
 };
@@ -116,6 +116,16 @@ both!(
     events_follow_a_tasks_lifecycle_in_order,
     the_event_log_tells_a_tasks_whole_story,
     the_event_log_is_capped_and_off_by_default,
+);
+
+both!(
+    a_task_rate_limit_spaces_leases_across_workers,
+    without_a_task_rate_limit_nothing_changes,
+    other_tasks_are_not_held_back_by_a_limited_backlog,
+    removing_a_task_rate_limit_frees_its_backlog,
+    a_revoked_booked_message_leaves_its_slot_unused,
+    a_retry_and_a_redelivery_take_a_slot_each,
+    task_policies_round_trip,
 );
 
 both!(
@@ -1799,6 +1809,258 @@ async fn the_rate_limiter_allows_a_burst_then_paces(broker: impl Broker + Tenanc
     let later = T0 + 200_000;
     assert_eq!(take(3, later).await, RateDecision::Allowed);
     assert!(matches!(take(1, later).await, RateDecision::Limited { .. }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-task rate limits (set at run time, enforced by reserve for every worker)
+// ---------------------------------------------------------------------------------------------
+
+/// 30 a minute: one slot every 2 s, booked up to 2 s ahead (one interval). Minutes, not
+/// seconds, for the reason given at the rate limiter's story: Redis expires buckets in real
+/// time.
+const THIRTY_A_MINUTE: Rate = Rate {
+    count: 30,
+    per_ms: 60_000,
+};
+
+fn call_of(id: &str, task: &str) -> TaskMessage {
+    TaskMessage {
+        task: task.into(),
+        ..message(id)
+    }
+}
+
+async fn limit(broker: &impl Broker, task: &str, rate: Option<Rate>) {
+    broker
+        .set_rate_limit(task, rate)
+        .await
+        .expect("set_rate_limit");
+}
+
+async fn reserve_as(broker: &impl Broker, worker: &str, max: usize, now: u64) -> Vec<Delivery> {
+    broker
+        .reserve(worker, &queues(&["default"]), max, LEASE_MS, now)
+        .await
+        .expect("reserve")
+}
+
+/// Three workers reserving over and over: `math.add` is leased once per 2 s slot, in enqueue
+/// order, whoever asks; the next slot is booked (the message waits for it in the delayed set,
+/// then runs without taking another), and the rest take no slot until theirs is near.
+async fn a_task_rate_limit_spaces_leases_across_workers(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    let ids: Vec<String> = (0..6).map(|n| format!("t{n}")).collect();
+    enqueue(&broker, ids.iter().map(|id| message(id)), T0).await;
+    let workers = ["worker-1", "worker-2", "worker-3"];
+    let mut leased = Vec::new();
+    // Every 500 ms for 12 s, each worker asks for up to 10.
+    for step in 0..=24u64 {
+        let now = T0 + step * 500;
+        for worker in workers {
+            for delivery in reserve_as(&broker, worker, 10, now).await {
+                leased.push((delivery.id.clone(), now));
+            }
+        }
+    }
+    let expected: Vec<(String, u64)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.clone(), T0 + 2000 * n as u64))
+        .collect();
+    assert_eq!(leased, expected, "one lease per 2 s slot, in order");
+    // Each delivery is the first of its attempt: waiting for a slot is not a delivery.
+    for id in &ids {
+        let record = broker.record(id).await.expect("record").expect("exists");
+        assert_eq!(
+            (record.state, record.deliveries),
+            (State::Received, 1),
+            "{id}"
+        );
+    }
+}
+
+/// A limit on another task changes nothing for this one: all at once, in order.
+async fn without_a_task_rate_limit_nothing_changes(broker: impl Broker) {
+    let ids: Vec<String> = (0..5).map(|n| format!("t{n}")).collect();
+    enqueue(&broker, ids.iter().map(|id| message(id)), T0).await;
+    assert_eq!(reserve(&broker, &["default"], 10, T0).await.len(), 5);
+    limit(&broker, "math.mul", Some(THIRTY_A_MINUTE)).await;
+    enqueue(&broker, ids.iter().map(|id| message(&format!("{id}b"))), T0).await;
+    let got = reserve(&broker, &["default"], 3, T0).await;
+    assert_eq!(ids_of(&got), ["t0b", "t1b", "t2b"]);
+    assert_eq!(reserve(&broker, &["default"], 10, T0).await.len(), 2);
+}
+
+/// 150 limited messages ahead of two others in one queue: a reserve examines at most `max` +
+/// 100, and those waiting for a slot leave the ready set, so the others are reached within a
+/// few calls. A pinned call (`math@<digest>.add`) counts against the same limit.
+async fn other_tasks_are_not_held_back_by_a_limited_backlog(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    let mut messages: Vec<TaskMessage> = (0..150).map(|n| message(&format!("a{n}"))).collect();
+    messages.push(TaskMessage {
+        digest: Some("ab".repeat(32)),
+        ..message("pinned")
+    });
+    messages.push(call_of("m0", "mul"));
+    messages.push(call_of("m1", "mul"));
+    enqueue(&broker, messages, T0).await;
+    let first = reserve(&broker, &["default"], 1, T0).await;
+    assert_eq!(ids_of(&first), ["a0"]);
+    // a1 is booked, a2..a105 deferred: 105 examined, nothing leased.
+    assert!(reserve(&broker, &["default"], 5, T0).await.is_empty());
+    let third = reserve(&broker, &["default"], 5, T0).await;
+    assert_eq!(
+        ids_of(&third),
+        ["m0", "m1"],
+        "the pinned add waits for a slot"
+    );
+    assert_eq!(broker.depth("default").await.expect("depth"), 0);
+    assert!(
+        reserve(&broker, &["default"], 5, T0 + 1999)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 5, T0 + 2000).await),
+        ["a1"]
+    );
+}
+
+/// Removing a limit: new calls run at once; messages already booked keep their slot, and
+/// deferred ones run, unlimited, when they come back (here within 4 s).
+async fn removing_a_task_rate_limit_frees_its_backlog(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    enqueue(&broker, ["a", "b", "c", "d"].map(message), T0).await;
+    assert_eq!(ids_of(&reserve(&broker, &["default"], 10, T0).await), ["a"]);
+    limit(&broker, "math.add", None).await;
+    enqueue(&broker, [message("e"), message("f")], T0 + 1).await;
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0 + 1).await),
+        ["e", "f"]
+    );
+    // b was booked for T0 + 2 s, c deferred to then, d to T0 + 4 s.
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0 + 2000).await),
+        ["b", "c"]
+    );
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0 + 4000).await),
+        ["d"]
+    );
+    assert!(
+        broker
+            .task_policies()
+            .await
+            .expect("task_policies")
+            .is_empty()
+    );
+}
+
+/// A booked message that is revoked never runs, and its slot goes unused: the next message
+/// still waits for the slot after it. Purging a queue empties booked and deferred ones alike.
+async fn a_revoked_booked_message_leaves_its_slot_unused(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    enqueue(&broker, ["a", "b", "c", "d"].map(message), T0).await;
+    assert_eq!(ids_of(&reserve(&broker, &["default"], 10, T0).await), ["a"]);
+    let revoked = broker.revoke("b", false, T0 + 1).await.expect("revoke");
+    assert_eq!(revoked, Revoked::Revoked);
+    assert!(
+        reserve(&broker, &["default"], 10, T0 + 2000)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0 + 4000).await),
+        ["c"]
+    );
+    let record = broker.record("b").await.expect("record").expect("exists");
+    assert_eq!((record.state, record.deliveries), (State::Revoked, 0));
+    // d is booked for T0 + 6 s: a purge finds it.
+    assert_eq!(broker.purge("default", T0 + 4001).await.expect("purge"), 1);
+    assert!(
+        reserve(&broker, &["default"], 10, T0 + 10_000)
+            .await
+            .is_empty()
+    );
+}
+
+/// A retry and a redelivery after a lost lease run again, so each takes a slot of its own.
+async fn a_retry_and_a_redelivery_take_a_slot_each(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    enqueue(&broker, ["a", "b"].map(message), T0).await;
+    let a = one(reserve(&broker, &["default"], 10, T0).await);
+    // a retries at once: its slot is booked after b's (T0 + 2 s), at T0 + 4 s.
+    let retry = Settlement::Retry {
+        attempt: Attempt {
+            state: State::Retry,
+            ..failed(&a, "again", T0 + 10)
+        },
+        eta_ms: T0 + 10,
+    };
+    assert_eq!(
+        settle(&broker, &a, retry, T0 + 10).await,
+        Settled::Committed
+    );
+    let b = one(reserve(&broker, &["default"], 10, T0 + 2000).await);
+    assert_eq!(b.id, "b");
+    finish(&broker, &b, "3", T0 + 2001).await;
+    assert!(
+        reserve(&broker, &["default"], 10, T0 + 3999)
+            .await
+            .is_empty()
+    );
+    let again = one(reserve(&broker, &["default"], 10, T0 + 4000).await);
+    assert_eq!((again.id.as_str(), again.attempt), ("a", 2));
+    // Its lease is lost (the worker died): the redelivery, long after, takes the free slot at
+    // once, so the next call waits one interval.
+    let expired = T0 + 4000 + LEASE_MS + 1;
+    assert_eq!(broker.reap(expired, 10).await.expect("reap"), 1);
+    let redelivered = one(reserve(&broker, &["default"], 10, expired).await);
+    assert_eq!((redelivered.id.as_str(), redelivered.deliveries), ("a", 2));
+    enqueue(&broker, [message("c")], expired).await;
+    assert!(reserve(&broker, &["default"], 10, expired).await.is_empty());
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, expired + 2000).await),
+        ["c"]
+    );
+}
+
+/// What is set is read back per task, rate and time limits merged; `None` removes each.
+async fn task_policies_round_trip(broker: impl Broker) {
+    limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
+    broker
+        .set_time_limit("math.add", Some(90_000))
+        .await
+        .expect("set_time_limit");
+    broker
+        .set_time_limit("text.upper", Some(1500))
+        .await
+        .expect("set_time_limit");
+    let policies = broker.task_policies().await.expect("task_policies");
+    let expected = std::collections::BTreeMap::from([
+        (
+            "math.add".to_string(),
+            TaskPolicy {
+                rate_limit: Some(THIRTY_A_MINUTE),
+                time_limit_ms: Some(90_000),
+            },
+        ),
+        (
+            "text.upper".to_string(),
+            TaskPolicy {
+                rate_limit: None,
+                time_limit_ms: Some(1500),
+            },
+        ),
+    ]);
+    assert_eq!(policies, expected);
+    limit(&broker, "math.add", None).await;
+    broker
+        .set_time_limit("math.add", None)
+        .await
+        .expect("set_time_limit");
+    let policies = broker.task_policies().await.expect("task_policies");
+    assert_eq!(policies.keys().collect::<Vec<_>>(), ["text.upper"]);
 }
 
 /// An attempt that reports fuel, CPU time and memory × time.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wtq::sandbox::{Limits, Sandbox, SandboxConfig};
-use wtq::worker::{WorkerConfig, run};
+use wtq::worker::{Stage, WorkerConfig, advance, run};
 use wtq_client::broker::Revoked;
 use wtq_client::broker::memory::MemoryBroker;
 use wtq_client::message::State;
@@ -35,6 +35,9 @@ async fn the_embedded_broker_runs_the_whole_queue_in_one_process() {
         name: "embedded".into(),
         queues: vec!["default".into()],
         concurrency: 2,
+        max_concurrency: 2,
+        autoscale: None,
+        autoscale_keepalive: wtq::worker::DEFAULT_AUTOSCALE_KEEPALIVE,
         prefetch_multiplier: 4,
         lease: Duration::from_secs(30),
         shutdown_timeout: Duration::from_secs(5),
@@ -42,11 +45,16 @@ async fn the_embedded_broker_runs_the_whole_queue_in_one_process() {
         reap_interval: Duration::from_secs(1),
         task_events: false,
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, _) = tokio::sync::watch::channel(Stage::Running);
     let compute = tokio::runtime::Handle::current();
-    let worker = tokio::spawn(run(config, broker.clone(), sandbox, compute, None, async {
-        let _ = stopped.await;
-    }));
+    let worker = tokio::spawn(run(
+        config,
+        broker.clone(),
+        sandbox,
+        compute,
+        None,
+        stop.clone(),
+    ));
 
     let client = Client::with_broker(broker.clone());
     let sum = client
@@ -87,7 +95,7 @@ async fn the_embedded_broker_runs_the_whole_queue_in_one_process() {
         Err(ResultError::Revoked { .. })
     ));
 
-    let _ = stop.send(());
+    advance(&stop, Stage::Warm);
     let summary = worker.await.expect("worker ends");
     assert_eq!((summary.succeeded, summary.failed), (1, 1));
 }

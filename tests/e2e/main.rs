@@ -3,10 +3,12 @@
 
 mod beat;
 mod cluster;
+mod control;
 mod embedded;
 mod events;
 mod metrics;
 mod queue;
+mod rate_limit;
 #[path = "../../client/tests/support/redis_server.rs"]
 mod redis_server;
 mod run_cli;

@@ -31,9 +31,12 @@ use futures_util::future::select_all;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
+#[path = "memory_control.rs"]
+mod control;
 #[path = "memory_schedule.rs"]
 mod schedule;
 
+use super::task_rate;
 use super::tenancy::{EVENTS_BUFFER, GcraStep, Metered, gcra, invalid_namespace};
 use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
@@ -43,7 +46,7 @@ use crate::connect::DEFAULT_NAMESPACE;
 use crate::message::{
     Attempt, MAX_PRIORITY, Progress, State, TaskFailure, TaskMessage, TaskRecord,
 };
-use crate::registry::{ComponentRecord, Upload};
+use crate::registry::{ComponentRecord, TaskPolicy, Upload};
 use crate::tenancy::{
     EVENT_LOG_CAP, EVENTS_ON_TTL, EVENTS_REFRESH, Event, Rate, RateDecision, Tenant, TokenRecord,
     Usage, namespace_of,
@@ -55,6 +58,10 @@ use crate::workflow::{Input, JoinSlot, Links, Parked, Plan, Tree};
 /// each delivery, so a dropped request is only lost for a task already running through a
 /// flood of a thousand others.
 const TERMINATION_BUFFER: usize = 1024;
+
+/// Shortest wait of `wait_for_work` when a delayed message is already due by the real clock
+/// (the caller's may differ): keeps such a caller from spinning.
+const MIN_DUE_WAIT: Duration = Duration::from_millis(10);
 
 /// Failure kinds the broker itself assigns (the sandbox's kinds come from the worker).
 const KIND_EXPIRED: &str = "expired";
@@ -85,6 +92,8 @@ struct Universe {
     registry: Mutex<Registry>,
     /// `wtq beat`'s entries, states and leases, per namespace (`memory_schedule.rs`).
     schedules: schedule::Table,
+    /// Remote control's listeners, per namespace (`memory_control.rs`).
+    control: control::Table,
 }
 
 impl Universe {
@@ -184,6 +193,9 @@ struct Task {
     finished: Arc<Notify>,
     /// A workflow task's links; `None` for a plain task.
     flow: Option<Box<Flow>>,
+    /// The rate-limit slot (Unix µs) booked for it while it waits in the delayed set; its
+    /// delivery then takes no other (`rate_slot` in Redis).
+    rate_slot: Option<u64>,
 }
 
 /// A workflow task's part in its workflow (the `flow` fields of its hash in Redis).
@@ -459,6 +471,13 @@ struct Store {
     /// Rate bucket → GCRA theoretical arrival time (Unix µs). Buckets are few (one per kind of
     /// limited action); a bucket whose time has passed is as good as absent and is dropped.
     rates: HashMap<String, u64>,
+    /// Per-task rate limits by `component.task` (`task-rates` in Redis), enforced by reserve.
+    task_rates: BTreeMap<String, Rate>,
+    /// Per-task time limits (ms) by `component.task` (`task-time-limits`): stored only.
+    task_time_limits: BTreeMap<String, u64>,
+    /// A rate-limited task's next free slot (Unix µs, `task-rate:<task>`); a passed one is as
+    /// good as absent and is dropped.
+    task_slots: HashMap<String, u64>,
     /// The event log (`events` in Redis).
     events: EventLog,
     /// Workflow id → its tree and the tree's expiry.
@@ -546,6 +565,61 @@ impl Store {
         }
         for id in due {
             self.move_to(&id, Slot::Ready);
+        }
+    }
+
+    /// Whether the ready task `id` may be leased now under its task's rate limit; if not, it
+    /// is moved to its delayed set, booked or deferred (`task_rate.rs`; `reserve.lua`'s
+    /// `rate_allows`). `deferred` counts the messages per task this reserve deferred.
+    fn rate_allows(&mut self, id: &str, now_ms: u64, deferred: &mut HashMap<String, u64>) -> bool {
+        let now_us = now_ms.saturating_mul(1000);
+        let Some(task) = self.tasks.get_mut(id) else {
+            return true;
+        };
+        if let Some(slot_us) = task.rate_slot {
+            if slot_us > now_us + task_rate::SLOT_TOLERANCE_US {
+                let eta_ms = task_rate::due_ms(slot_us);
+                self.move_to(id, Slot::Delayed { eta_ms });
+                return false;
+            }
+            task.rate_slot = None;
+            return true;
+        }
+        if self.task_rates.is_empty() {
+            return true;
+        }
+        let name = format!("{}.{}", task.message.component, task.message.task);
+        let Some(&rate) = self.task_rates.get(&name) else {
+            return true;
+        };
+        let queue = task.message.queue.clone();
+        self.task_slots.retain(|_, tat_us| *tat_us > now_us);
+        let tat_us = self.task_slots.get(&name).copied().unwrap_or(0);
+        let count = deferred.entry(name.clone()).or_default();
+        let (step, next_tat_us) = task_rate::step(tat_us, rate, now_ms, *count);
+        match step {
+            task_rate::Step::Lease => {
+                self.task_slots.insert(name, next_tat_us);
+                true
+            }
+            task_rate::Step::Book { slot_us } => {
+                self.task_slots.insert(name, next_tat_us);
+                if let Some(task) = self.tasks.get_mut(id) {
+                    task.rate_slot = Some(slot_us);
+                }
+                let eta_ms = task_rate::due_ms(slot_us);
+                self.move_to(id, Slot::Delayed { eta_ms });
+                // Waiting workers learn of the new due time, as Redis's PUBLISH tells them.
+                if let Some(work) = self.index.work.get(&queue) {
+                    work.notify_waiters();
+                }
+                false
+            }
+            task_rate::Step::Defer { due_ms } => {
+                *count += 1;
+                self.move_to(id, Slot::Delayed { eta_ms: due_ms });
+                false
+            }
         }
     }
 
@@ -728,6 +802,7 @@ impl Store {
             finished_ms: None,
             finished: Arc::default(),
             flow,
+            rate_slot: None,
         };
         self.index.insert(&id, &task);
         self.tasks.insert(id.clone(), task);
@@ -1046,8 +1121,17 @@ impl Broker for MemoryBroker {
             None => max,
         };
         let mut deliveries = Vec::new();
+        // With rate limits, messages that wait for a slot do not count toward `max`: bound
+        // the work, as the script does.
+        let examine_limit = if store.task_rates.is_empty() {
+            max
+        } else {
+            max + task_rate::EXAMINE_EXTRA
+        };
+        let mut examined = 0;
+        let mut deferred = HashMap::new();
         for queue in queues {
-            while deliveries.len() < max {
+            while deliveries.len() < max && examined < examine_limit {
                 let Some((_, id)) = store
                     .index
                     .ready
@@ -1057,6 +1141,7 @@ impl Broker for MemoryBroker {
                     break;
                 };
                 let id = id.clone();
+                examined += 1;
                 let Some(task) = store.tasks.get(&id) else {
                     // Cannot happen (the indexes follow the tasks); dropping the entry keeps
                     // this loop finite if it ever did.
@@ -1073,6 +1158,9 @@ impl Broker for MemoryBroker {
                         format!("expired at {expires_ms} ms before it started"),
                     );
                     store.finish(&id, State::Revoked, Some(error), now_ms);
+                    continue;
+                }
+                if !store.rate_allows(&id, now_ms, &mut deferred) {
                     continue;
                 }
                 deliveries.extend(store.deliver(&id, worker, lease_ms, now_ms));
@@ -1181,13 +1269,28 @@ impl Broker for MemoryBroker {
         // Registered before the check below: a message made ready after the check wakes
         // these futures even though they are not polled yet.
         let notified = select_all(signals.iter().map(|signal| Box::pin(signal.notified())));
-        let ready = {
+        let (ready, next_due_ms) = {
             let store = self.lock();
-            queues.iter().any(|queue| store.index.depth(queue) > 0)
+            let next_due_ms = queues
+                .iter()
+                .filter_map(|queue| store.index.delayed.get(queue)?.first_key_value())
+                .map(|((eta_ms, _), _)| *eta_ms)
+                .min();
+            let ready = queues.iter().any(|queue| store.index.depth(queue) > 0);
+            (ready, next_due_ms)
         };
         if !ready {
+            // A delayed message (a booked rate-limit slot, an eta) is promoted by the next
+            // reserve once due: return then, as the Redis broker does.
+            let wait = match next_due_ms {
+                Some(eta_ms) => timeout.min(
+                    Duration::from_millis(eta_ms.saturating_sub(crate::message::now_ms()))
+                        .max(MIN_DUE_WAIT),
+                ),
+                None => timeout,
+            };
             // Timing out is an ordinary return.
-            let _ = tokio::time::timeout(timeout, notified).await;
+            let _ = tokio::time::timeout(wait, notified).await;
         }
         Ok(())
     }
@@ -1366,6 +1469,38 @@ impl Broker for MemoryBroker {
         let mut store = self.lock();
         store.advance(now_ms);
         store.submit(plan, now_ms)
+    }
+
+    async fn set_rate_limit(&self, task: &str, rate: Option<Rate>) -> Result<(), Error> {
+        let mut store = self.lock();
+        match rate {
+            Some(rate) => store.task_rates.insert(task.to_string(), rate),
+            None => store.task_rates.remove(task),
+        };
+        // A changed limit starts from a fresh bucket.
+        store.task_slots.remove(task);
+        Ok(())
+    }
+
+    async fn set_time_limit(&self, task: &str, limit_ms: Option<u64>) -> Result<(), Error> {
+        let mut store = self.lock();
+        match limit_ms {
+            Some(ms) => store.task_time_limits.insert(task.to_string(), ms),
+            None => store.task_time_limits.remove(task),
+        };
+        Ok(())
+    }
+
+    async fn task_policies(&self) -> Result<BTreeMap<String, TaskPolicy>, Error> {
+        let store = self.lock();
+        let mut policies: BTreeMap<String, TaskPolicy> = BTreeMap::new();
+        for (task, rate) in &store.task_rates {
+            policies.entry(task.clone()).or_default().rate_limit = Some(*rate);
+        }
+        for (task, ms) in &store.task_time_limits {
+            policies.entry(task.clone()).or_default().time_limit_ms = Some(*ms);
+        }
+        Ok(policies)
     }
 
     async fn workflow(&self, id: &str) -> Result<Option<Tree>, Error> {

@@ -15,19 +15,24 @@
 //!
 //! All times are Unix milliseconds passed in by the caller, so tests control the clock.
 
+pub mod control;
 pub mod memory;
 pub mod redis;
 pub mod schedule;
+mod task_rate;
 mod tenancy;
 
+pub use control::Control;
 pub use schedule::Schedules;
 pub use tenancy::Tenancy;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use crate::message::{Attempt, Progress, State, TaskFailure, TaskMessage, TaskRecord};
-use crate::registry::{ComponentRecord, Upload};
+use crate::registry::{ComponentRecord, TaskPolicy, Upload};
+use crate::tenancy::Rate;
 use crate::workflow::{Plan, Tree};
 
 /// How long an idempotency key keeps pointing at its first task.
@@ -315,4 +320,30 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A submitted workflow's tree, until it expires.
     fn workflow(&self, id: &str) -> impl Future<Output = Result<Option<Tree>, Error>> + Send;
+
+    /// Sets (`None`: removes) the rate limit of `task` (`component.task`, any version): from
+    /// then on `reserve`, whichever worker calls it, leases its messages at most `rate.count`
+    /// per `rate.per_ms`, one interval apart (no burst beyond one). A message whose slot is
+    /// less than a second (or one interval) ahead is booked: it waits in the delayed set until
+    /// its slot and then runs without taking another; one further ahead waits there, taking
+    /// no slot, until about when one could be booked for it. Other tasks are not held back.
+    /// A changed limit starts from a fresh bucket; booked slots are kept.
+    fn set_rate_limit(
+        &self,
+        task: &str,
+        rate: Option<Rate>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Sets (`None`: removes) the time limit of `task` (`component.task`), in ms, for every
+    /// worker to apply in place of its default. Stored only: the broker does not enforce it.
+    fn set_time_limit(
+        &self,
+        task: &str,
+        limit_ms: Option<u64>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Every task that has a rate or time limit set, by `component.task`.
+    fn task_policies(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, TaskPolicy>, Error>> + Send;
 }

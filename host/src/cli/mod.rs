@@ -6,12 +6,14 @@ mod bench;
 mod bench_chord;
 mod bench_http;
 mod bench_queue;
+mod control;
 mod events;
 mod limits;
 mod progress;
 mod queue;
 mod run;
 mod serve;
+mod task_policy;
 mod tenant;
 mod worker;
 mod workflow;
@@ -56,6 +58,12 @@ enum Command {
     Dead(queue::DeadArgs),
     /// Tail the event log live: task-sent … task-succeeded, worker-online … (--json: JSON lines).
     Events(events::EventsArgs),
+    /// Ask live workers what they are doing: active, reserved, scheduled, stats, registered,
+    /// ping.
+    Inspect(control::InspectArgs),
+    /// Tell live workers what to do: shutdown, pool-grow, pool-shrink, autoscale, rate-limit,
+    /// time-limit, add-consumer, cancel-consumer, revoke.
+    Control(control::ControlArgs),
     /// Fire periodic tasks: a schedule file's entries and those stored in the broker.
     Beat(beat::BeatArgs),
     /// Periodic task entries stored in the broker: add, list, remove.
@@ -174,6 +182,8 @@ pub fn main() -> ExitCode {
         Command::Purge(args) => client_command(queue::purge(args)),
         Command::Dead(args) => client_command(queue::dead(args)),
         Command::Events(args) => client_command(events::events(args)),
+        Command::Inspect(args) => client_command(control::inspect(args)),
+        Command::Control(args) => client_command(control::control(args)),
         Command::Beat(args) => beat::beat(args),
         Command::Schedule(args) => client_command(beat::schedule(args)),
         Command::Serve(args) => serve::serve(args),

@@ -110,9 +110,17 @@ pub struct DeployArgs {
     /// Registry name (default: the file stem).
     #[arg(long)]
     name: Option<String>,
+    /// A rate limit held across all workers: `TASK=RATE` for one task, `RATE` for every task
+    /// of the component; RATE is N/s, N/m or N/h. Repeatable. Needs a redis:// URL for now.
+    #[arg(long, value_name = "[TASK=]RATE", value_parser = super::task_policy::parse_rate_limit_spec)]
+    rate_limit: Vec<super::task_policy::RateLimitSpec>,
     /// Largest component accepted.
     #[arg(long, value_name = "SIZE", value_parser = units::parse_bytes, default_value = "64MiB")]
     max_size: u64,
+    /// Draw the upload's progress to an http(s):// service on stderr, whatever the size and
+    /// even when stderr is not a terminal (without it: on a terminal, from 1 MiB).
+    #[arg(long)]
+    progress: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -127,6 +135,13 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
             .unwrap_or_default()
             .to_string(),
     };
+    let url = args.connection.url.to_ascii_lowercase();
+    if !args.rate_limit.is_empty() && (url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--rate-limit is set with a redis:// URL for now (the service has no route for it yet)",
+        ));
+    }
     let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     if size > args.max_size {
         return Err(Failure::new(
@@ -158,7 +173,17 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
                     ),
                 ));
             }
-            api.deploy(&name, wasm).await.map_err(|error| match error {
+            let bar = std::sync::Arc::new(super::progress::Upload::new(
+                args.progress,
+                wasm.len() as u64,
+            ));
+            let on_progress = {
+                let bar = bar.clone();
+                move |sent, total| bar.update(sent, total)
+            };
+            let deployed = api.deploy_with_progress(&name, wasm, on_progress).await;
+            bar.finish();
+            deployed.map_err(|error| match error {
                 broker::Error::Rejected { .. } => Failure::new(
                     exit::INVALID_COMPONENT,
                     format!("{}: {error}", args.file.display()),
@@ -183,10 +208,19 @@ pub async fn deploy(args: DeployArgs) -> Result<u8, Failure> {
             task.params.join(", ")
         ));
     }
+    // Stored by `deploy_to_broker`, which checked them before storing the component.
+    let limits =
+        super::task_policy::deploy_rate_limits(&record.name, &version.tasks, &args.rate_limit)?;
+    for (task, rate) in limits {
+        say(format!(
+            "  {task}: rate limit {rate}, enforced across all workers"
+        ));
+    }
     Ok(exit::SUCCESS)
 }
 
-/// Validates the component in a local sandbox and stores it in the broker's registry.
+/// Validates the component in a local sandbox and stores it in the broker's registry, then
+/// its `--rate-limit`s (refused, with nothing stored, when one names a task it does not have).
 async fn deploy_to_broker(
     broker: &AnyBroker,
     name: &str,
@@ -194,7 +228,7 @@ async fn deploy_to_broker(
     args: &DeployArgs,
 ) -> Result<wtq_client::registry::ComponentRecord, Failure> {
     let sandbox = super::serve::validation_sandbox()?;
-    crate::registry::deploy(broker, &sandbox, name, wasm, args.max_size)
+    let upload = crate::registry::validate(&sandbox, name, wasm, args.max_size)
         .await
         .map_err(|error| match error {
             crate::registry::DeployError::Broker(error) => broker_failure(error),
@@ -202,7 +236,14 @@ async fn deploy_to_broker(
                 exit::INVALID_COMPONENT,
                 format!("{}: {other}", args.file.display()),
             ),
-        })
+        })?;
+    let limits =
+        super::task_policy::deploy_rate_limits(name, &upload.version.tasks, &args.rate_limit)?;
+    let record = broker::Broker::put_component(broker, upload)
+        .await
+        .map_err(broker_failure)?;
+    super::task_policy::store_rate_limits(broker, &limits).await?;
+    Ok(record)
 }
 
 #[derive(Debug, Args)]
@@ -587,9 +628,17 @@ pub struct RevokeArgs {
 
 pub async fn revoke(args: RevokeArgs) -> Result<u8, Failure> {
     let endpoint = args.connection.endpoint().await?;
-    let id = &args.id;
+    revoke_on(&endpoint, &args.id, args.terminate).await
+}
+
+/// Revokes task or workflow `id` (`wtq revoke`, `wtq control revoke`).
+pub(super) async fn revoke_on(
+    endpoint: &Endpoint,
+    id: &str,
+    terminate: bool,
+) -> Result<u8, Failure> {
     match endpoint
-        .revoke(id, args.terminate)
+        .revoke(id, terminate)
         .await
         .map_err(broker_failure)?
     {
@@ -600,7 +649,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<u8, Failure> {
         )),
         Revoked::AlreadyFinal(state) => say(format!("{id} already finished: {state}")),
         Revoked::Unknown => {
-            if let Some(code) = super::workflow::revoke(&endpoint, id, args.terminate).await? {
+            if let Some(code) = super::workflow::revoke(endpoint, id, terminate).await? {
                 return Ok(code);
             }
             return Err(Failure::new(

@@ -141,6 +141,9 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
             name: super::worker::default_name(),
             queues: vec![wtq_client::DEFAULT_QUEUE.to_string()],
             concurrency,
+            max_concurrency: concurrency,
+            autoscale: None,
+            autoscale_keepalive: crate::worker::DEFAULT_AUTOSCALE_KEEPALIVE,
             prefetch_multiplier: 4,
             lease: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
@@ -149,6 +152,10 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
             task_events: false,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Signals move the in-process worker's shutdown through its stages; the first one
+        // also stops the service and beat.
+        let (worker_stop, _) = tokio::sync::watch::channel(crate::worker::Stage::Running);
+        tokio::spawn(super::worker::shutdown_stages(worker_stop.clone()));
         let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -174,7 +181,7 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
                 sandbox,
                 compute_handle,
                 None,
-                until_stopped(stopped),
+                worker_stop.clone(),
             ))
         } else {
             tokio::spawn(crate::worker::run_tenants(
@@ -183,10 +190,13 @@ pub fn up(args: UpArgs) -> Result<u8, Failure> {
                 sandbox,
                 compute_handle,
                 None,
-                until_stopped(stopped),
+                worker_stop.clone(),
             ))
         };
-        super::worker::shutdown_signal().await;
+        let _ = worker_stop
+            .subscribe()
+            .wait_for(|stage| *stage >= crate::worker::Stage::Warm)
+            .await;
         eprintln!("shutting down: finishing running tasks");
         let _ = stop.send(true);
         let served = serving.await;

@@ -1,5 +1,6 @@
-//! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down warmly; with
-//! `--tenants`, the queues of every tenant of the hosted service.
+//! `wtq worker`: consume queues until SIGTERM or SIGINT, then shut down in stages (warm, soft
+//! after `--shutdown-timeout`, cold on a second signal or SIGQUIT); with `--tenants`, the
+//! queues of every tenant of the hosted service.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use super::limits::LimitArgs;
 use super::queue::Connection;
 use super::{Failure, exit};
 use crate::units;
-use crate::worker::{WorkerConfig, run, run_tenants};
+use crate::worker::{Bounds, Stage, WorkerConfig, advance, run, run_tenants};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -21,6 +22,18 @@ pub struct WorkerArgs {
     /// use (the default), which on Linux honours the affinity mask and cgroup CPU quotas.
     #[arg(long, short = 'c', value_name = "N|auto", value_parser = parse_concurrency)]
     concurrency: Option<Concurrency>,
+    /// Grow and shrink the pool with the backlog between MAX and MIN slots (e.g. 10,3);
+    /// starts at MIN.
+    #[arg(long, value_name = "MAX,MIN", value_parser = Bounds::parse)]
+    autoscale: Option<Bounds>,
+    /// How long slots must stay idle before the autoscaler shrinks the pool.
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
+    autoscale_keepalive: Duration,
+    /// Most slots the pool may ever have (`control pool-grow`, `control autoscale`); the
+    /// sandbox is sized for it (default: the larger of --concurrency and the --autoscale
+    /// maximum).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENCY as i64))]
+    max_concurrency: Option<u32>,
     /// Messages held per running slot, as Celery's prefetch multiplier (none beyond the
     /// running calls with `--tenants`).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -37,7 +50,9 @@ pub struct WorkerArgs {
     /// third of it while the task runs.
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
     lease: Duration,
-    /// How long a warm shutdown waits for running tasks before stopping and handing them back.
+    /// How long a warm shutdown (SIGTERM, a first SIGINT) waits for running tasks before the
+    /// soft stage stops them at their next epoch tick and hands them back; a second signal or
+    /// SIGQUIT does that at once (cold shutdown).
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "30s")]
     shutdown_timeout: Duration,
     /// How often expired leases are returned to their queues.
@@ -65,14 +80,32 @@ const MIN_LEASE: Duration = Duration::from_millis(300);
 pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     let usage = |message: String| Failure::new(exit::USAGE, message);
     let cpus = cpu_count();
-    let concurrency = match args.concurrency {
-        None | Some(Concurrency::Auto) => cpus,
-        Some(Concurrency::Fixed(n)) => n as usize,
+    let concurrency = match (args.concurrency, args.autoscale) {
+        (Some(Concurrency::Fixed(n)), _) => n as usize,
+        (None, Some(bounds)) => bounds.min,
+        (None | Some(Concurrency::Auto), _) => cpus,
     };
+    let highest = concurrency.max(args.autoscale.map_or(0, |bounds| bounds.max));
+    let max_concurrency = args.max_concurrency.map_or(highest, |n| n as usize);
+    if max_concurrency < highest {
+        return Err(usage(format!(
+            "--max-concurrency {max_concurrency} is below the {highest} slots that --concurrency or --autoscale ask for; raise it or leave it out"
+        )));
+    }
+    if highest > MAX_CONCURRENCY as usize {
+        return Err(usage(format!(
+            "--autoscale maximum {highest} is too high: use at most {MAX_CONCURRENCY}"
+        )));
+    }
+    if args.tenants && (args.autoscale.is_some() || args.max_concurrency.is_some()) {
+        return Err(usage(
+            "--autoscale and --max-concurrency are not available with --tenants yet; use --concurrency".into(),
+        ));
+    }
     let limits = args.limits.limits().map_err(usage)?;
     let sandbox_config = args
         .limits
-        .sandbox_config(concurrency as u32)
+        .sandbox_config(max_concurrency as u32)
         .map_err(usage)?;
     if args.lease < MIN_LEASE {
         return Err(usage(format!(
@@ -139,6 +172,9 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             name,
             queues: args.queues.clone(),
             concurrency,
+            max_concurrency,
+            autoscale: args.autoscale,
+            autoscale_keepalive: args.autoscale_keepalive,
             prefetch_multiplier: args.prefetch_multiplier as usize,
             lease: args.lease,
             shutdown_timeout: args.shutdown_timeout,
@@ -146,10 +182,12 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             reap_interval: args.reap_interval,
             task_events: args.task_events,
         };
+        let (stop, _) = tokio::sync::watch::channel(Stage::Running);
+        tokio::spawn(shutdown_stages(stop.clone()));
         let summary = if args.tenants {
-            run_tenants(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
+            run_tenants(config, broker, sandbox, compute_handle, metrics, stop).await
         } else {
-            run(config, broker, sandbox, compute_handle, metrics, shutdown_signal()).await
+            run(config, broker, sandbox, compute_handle, metrics, stop).await
         };
         eprintln!(
             "worker stopped: {} succeeded, {} failed, {} retried, {} revoked, {} handed back, {} refused as stale",
@@ -212,6 +250,52 @@ pub(super) async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Moves a worker's shutdown on with signals: the first SIGTERM or SIGINT starts a warm
+/// shutdown, a second one, or SIGQUIT at any time, a cold one.
+pub(super) async fn shutdown_stages(stop: tokio::sync::watch::Sender<Stage>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut terminate), Ok(mut interrupt), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            // Without handlers the default actions apply: the process just ends, and its
+            // leases expire for others to take over.
+            tracing::warn!("cannot install signal handlers; shutdowns will not be graceful");
+            return;
+        };
+        loop {
+            let next = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+                _ = quit.recv() => "SIGQUIT",
+            };
+            let stage = if next == "SIGQUIT" || *stop.borrow() >= Stage::Warm {
+                Stage::Cold
+            } else {
+                Stage::Warm
+            };
+            eprintln!(
+                "{next}: {} shutdown",
+                if stage == Stage::Cold { "cold" } else { "warm" }
+            );
+            advance(&stop, stage);
+            if stage == Stage::Cold {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        advance(&stop, Stage::Warm);
+        let _ = tokio::signal::ctrl_c().await;
+        advance(&stop, Stage::Cold);
     }
 }
 

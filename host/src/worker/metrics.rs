@@ -163,8 +163,8 @@ where
 async fn scrape<B: Broker + Tenancy + Clone>(
     State(scrape): State<Arc<Scrape<B>>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let queues = &scrape.process.config.queues;
-    let depths = tokio::time::timeout(DEPTH_TIMEOUT, scrape.depths.read(queues))
+    let queues = scrape.process.queues();
+    let depths = tokio::time::timeout(DEPTH_TIMEOUT, scrape.depths.read(&queues))
         .await
         .unwrap_or_else(|_| {
             tracing::warn!("metrics: the broker did not answer for queue depths in time");
@@ -257,6 +257,18 @@ fn render(process: &Process, depths: &[Depth]) -> String {
         &[("result", "miss")],
         metrics.cache_misses.get() as f64,
     );
+    text.family(
+        "wtq_worker_concurrency",
+        Kind::Gauge,
+        "Slots in the worker's pool (changed by the autoscaler and control pool-grow/shrink).",
+    )
+    .sample("wtq_worker_concurrency", &[], process.pool.size() as f64);
+    text.family(
+        "wtq_worker_busy_slots",
+        Kind::Gauge,
+        "Slots running a call right now.",
+    )
+    .sample("wtq_worker_busy_slots", &[], process.pool.busy() as f64);
     text.family(
         "wtq_queue_depth",
         Kind::Gauge,

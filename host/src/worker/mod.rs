@@ -24,13 +24,22 @@
 //!
 //! Metrics: [`run`] and [`run_tenants`] also serve Prometheus `GET /metrics` (see `metrics`).
 //!
-//! Warm shutdown: stop fetching, hand back what has not started, let running calls finish
-//! within the shutdown timeout, stop the rest at their next epoch tick and hand them back too.
+//! Slots are a resizable [`pool::Pool`]: `control pool-grow`/`pool-shrink` and the autoscaler
+//! (`autoscale.rs`) change its size while the worker runs. Live workers answer `wtq inspect`
+//! and `wtq control` requests (`control.rs`).
+//!
+//! Shutdown, in [`Stage`]s: warm (stop fetching, hand back what has not started, let running
+//! calls finish), soft once the shutdown timeout passed (stop the running calls at their next
+//! epoch tick and hand them back), cold at once on a second signal or SIGQUIT.
 
+mod autoscale;
 mod components;
+mod control;
 mod events;
 mod metrics;
 mod outcome;
+mod policies;
+mod pool;
 mod settle;
 mod tenants;
 
@@ -38,19 +47,26 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
-use wtq_client::broker::{Broker, Delivery, Lease, Mark, Settle, Settlement, Tenancy};
+use wtq_client::broker::{Broker, Control, Delivery, Lease, Mark, Settle, Settlement, Tenancy};
 use wtq_client::message::{Progress, State, TaskFailure, now_ms};
 
 use crate::sandbox::{Limits, Sandbox};
+pub use autoscale::Bounds;
 pub use components::ComponentError;
 use components::Components;
 use metrics::{Depths, WorkerMetrics};
+use policies::Policies;
+use pool::Pool;
+pub use pool::ResizeError;
 pub use tenants::{compute_threads, run_tenants};
+
+/// How long slots stay idle before the autoscaler shrinks the pool, unless configured.
+pub const DEFAULT_AUTOSCALE_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Most messages asked for in one reserve.
 const MAX_BATCH: usize = 256;
@@ -74,14 +90,22 @@ pub struct WorkerConfig {
     pub name: String,
     /// Queues to consume, in priority order.
     pub queues: Vec<String>,
-    /// Calls that run at once (across every tenant, for [`run_tenants`]).
+    /// Calls that run at once (across every tenant, for [`run_tenants`]); with `autoscale`,
+    /// where the pool starts.
     pub concurrency: usize,
+    /// Most calls that may ever run at once (`pool-grow`, the autoscaler): what the sandbox
+    /// is sized for.
+    pub max_concurrency: usize,
+    /// Grow and shrink the pool between these with the backlog (Celery's `--autoscale`).
+    pub autoscale: Option<autoscale::Bounds>,
+    /// How long the pool must have idle slots before the autoscaler shrinks it.
+    pub autoscale_keepalive: Duration,
     /// Messages held per running slot (Celery's prefetch multiplier); [`run_tenants`] holds
     /// none beyond its running calls.
     pub prefetch_multiplier: usize,
     /// How long a delivery is leased; renewed every third of it while the task runs.
     pub lease: Duration,
-    /// How long a warm shutdown waits for running calls.
+    /// How long a warm shutdown waits for running calls before the soft stage stops them.
     pub shutdown_timeout: Duration,
     /// Default limits; a message's own limits override them.
     pub limits: Limits,
@@ -107,6 +131,38 @@ pub struct Summary {
     pub unsettled: u64,
 }
 
+/// How far a worker's shutdown has gone; it only moves forward (see [`advance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Serving.
+    Running,
+    /// SIGTERM, a first SIGINT, `control shutdown`: no new work; running calls get the
+    /// shutdown timeout, then the soft stage stops them at their next epoch tick and hands them
+    /// back.
+    Warm,
+    /// SIGQUIT, a second SIGTERM or SIGINT: running calls are stopped now and handed back.
+    Cold,
+}
+
+/// Moves a worker's shutdown on to `stage`, never back.
+pub fn advance(stop: &watch::Sender<Stage>, stage: Stage) {
+    stop.send_if_modified(|current| {
+        let later = stage > *current;
+        if later {
+            *current = stage;
+        }
+        later
+    });
+}
+
+/// Resolves once the shutdown has reached `stage`.
+async fn reached(mut stop: watch::Receiver<Stage>, stage: Stage) {
+    // An error means every sender is gone: nothing can advance it any more.
+    if stop.wait_for(|current| *current >= stage).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Why a running call is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
@@ -121,6 +177,11 @@ enum StopReason {
 /// A delivery this worker holds.
 struct Held {
     token: u64,
+    /// `component.task`, and the arguments, for `inspect active`/`reserved`.
+    task: String,
+    args: String,
+    attempt: u32,
+    received_ms: u64,
     stop: watch::Sender<bool>,
     reason: Option<StopReason>,
     started_ms: Option<u64>,
@@ -131,9 +192,16 @@ struct Held {
 /// What every lane of a worker process shares.
 struct Process {
     config: WorkerConfig,
-    /// One permit per call that may run at once, shared by every lane. Fair (FIFO) lanes take
+    /// One slot per call that may run at once, shared by every lane. Fair (FIFO) lanes take
     /// theirs before they reserve; a prefetching lane when a message starts.
-    slots: Arc<Semaphore>,
+    pool: Pool,
+    /// The queues consumed, in priority order (`add-consumer`, `cancel-consumer`).
+    queues: RwLock<Vec<String>>,
+    /// The autoscaler's bounds, if it runs (`control autoscale` sets them).
+    autoscale: Mutex<Option<autoscale::Bounds>>,
+    /// Where the shutdown is; advanced by signals and by `control shutdown`.
+    stop: watch::Sender<Stage>,
+    started: Instant,
     /// Whether lanes take slots before reserving (multi-tenant) or prefetch (one namespace).
     fair: bool,
     /// Woken whenever any lane settles, for the warm shutdown.
@@ -153,6 +221,8 @@ struct Lane<B> {
     /// never cross tenants, and a guest's `context().tenant` is this.
     tenant: String,
     components: Components<B>,
+    /// Tasks' time limits set by operators (`control time-limit`), read every second.
+    policies: Policies,
     held: Mutex<HashMap<String, Held>>,
     /// Terminate requests for ids not (yet) held, in case the request beat the delivery.
     early_terminations: Mutex<HashSet<String>>,
@@ -176,22 +246,23 @@ struct Counts {
     unsettled: AtomicU64,
 }
 
-/// Runs a worker over one namespace until `shutdown` resolves, then shuts down warmly. Guest
-/// calls run on `compute` (a multi-thread runtime); the broker is driven from the calling
-/// runtime.
+/// Runs a worker over one namespace until `stop` reaches [`Stage::Warm`] (a signal, or a
+/// `control shutdown` request, which advances it), then shuts down in stages. Guest calls run
+/// on `compute` (a multi-thread runtime); the broker is driven from the calling runtime.
 /// With `metrics`, it also serves Prometheus `GET /metrics` there until it has shut down.
+/// It answers `wtq inspect` / `wtq control` requests while it runs.
 pub async fn run<B>(
     config: WorkerConfig,
     broker: B,
     sandbox: Sandbox,
     compute: tokio::runtime::Handle,
     metrics: Option<tokio::net::TcpListener>,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: watch::Sender<Stage>,
 ) -> Summary
 where
-    B: Broker + Tenancy + Clone,
+    B: Broker + Tenancy + Control + Clone,
 {
-    let process = Process::new(config, compute, false);
+    let process = Process::new(config, compute, false, stop);
     let endpoint = metrics
         .map(|listener| metrics::serve(listener, process.clone(), Depths::One(broker.clone())));
     let heartbeat = events::start(
@@ -205,7 +276,10 @@ where
         concurrency = process.config.concurrency,
         "worker started"
     );
-    let (lane, parts) = Lane::start(&process, broker, String::new(), sandbox);
+    let (lane, mut parts) = Lane::start(&process, broker, String::new(), sandbox);
+    parts.0.push(tokio::spawn(control::listen(lane.clone())));
+    parts.0.push(tokio::spawn(autoscale::run(lane.clone())));
+    let shutdown = reached(process.stop.subscribe(), Stage::Warm);
     tokio::pin!(shutdown);
     fetch(&lane, &mut shutdown).await;
     shut_down(&process, std::slice::from_ref(&lane)).await;
@@ -218,9 +292,18 @@ where
 }
 
 impl Process {
-    fn new(config: WorkerConfig, compute: tokio::runtime::Handle, fair: bool) -> Arc<Process> {
+    fn new(
+        config: WorkerConfig,
+        compute: tokio::runtime::Handle,
+        fair: bool,
+        stop: watch::Sender<Stage>,
+    ) -> Arc<Process> {
         Arc::new(Process {
-            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            pool: Pool::new(config.concurrency, config.max_concurrency),
+            queues: RwLock::new(config.queues.clone()),
+            autoscale: Mutex::new(config.autoscale),
+            stop,
+            started: Instant::now(),
             config,
             fair,
             freed: Notify::new(),
@@ -228,6 +311,14 @@ impl Process {
             metrics: Arc::new(WorkerMetrics::new()),
             compute,
         })
+    }
+
+    /// The queues consumed now.
+    fn queues(&self) -> Vec<String> {
+        self.queues
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The summary, logged.
@@ -253,6 +344,7 @@ impl<B: Broker + Clone> Lane<B> {
             components: Components::new(broker.clone(), sandbox, process.metrics.clone()),
             broker,
             tenant,
+            policies: Policies::default(),
             held: Mutex::new(HashMap::new()),
             early_terminations: Mutex::new(HashSet::new()),
             freed: Notify::new(),
@@ -275,6 +367,16 @@ impl<B> Lane<B> {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    /// Deliveries held that have not started (prefetched, waiting for a slot).
+    fn waiting(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|held| held.started_ms.is_none())
+            .count()
+    }
 }
 
 impl Parts {
@@ -287,28 +389,51 @@ impl Parts {
     }
 }
 
-/// Warm shutdown of every lane, whose fetch loops have returned: slots close (prefetched
-/// messages go back), running calls get the shutdown timeout, then are stopped and handed back.
+/// Shuts every lane down, whose fetch loops have returned. Warm: slots close (prefetched
+/// messages go back) and running calls get the shutdown timeout. Soft, once it passed, or cold
+/// at once if the shutdown goes cold meanwhile: running calls are stopped at their next epoch
+/// tick and handed back. Each stage logs its counts.
 async fn shut_down<B>(process: &Process, lanes: &[Arc<Lane<B>>]) {
-    process.slots.close();
+    process.pool.close();
+    let counts = || process.counts.summary();
+    let before = counts();
     let running = |lanes: &[Arc<Lane<B>>]| lanes.iter().map(|lane| lane.held_count()).sum();
-    tracing::info!(
-        running = running(lanes),
-        "warm shutdown: no new work; waiting for running tasks"
-    );
-    let deadline = Instant::now() + process.config.shutdown_timeout;
-    wait_until_settled(process, lanes, deadline).await;
+    let cold = reached(process.stop.subscribe(), Stage::Cold);
+    tokio::pin!(cold);
+    let stage = if *process.stop.borrow() >= Stage::Cold {
+        "cold"
+    } else {
+        tracing::info!(
+            held = running(lanes),
+            timeout = ?process.config.shutdown_timeout,
+            "warm shutdown: no new work; unstarted tasks go back, running tasks may finish (a second signal or SIGQUIT: cold shutdown)"
+        );
+        let deadline = Instant::now() + process.config.shutdown_timeout;
+        tokio::select! {
+            () = wait_until_settled(process, lanes, deadline) => "soft",
+            () = &mut cold => "cold",
+        }
+    };
+    let finished = counts().finished().saturating_sub(before.finished());
     let stopped = stop_all(lanes, StopReason::Shutdown);
     if stopped > 0 {
         tracing::info!(
-            stopped,
-            "shutdown timeout passed: stopping running tasks and handing them back"
+            finished,
+            stopping = stopped,
+            "{stage} shutdown: stopping the running tasks at their next epoch tick and handing them back"
         );
     }
     // Stopped calls end within one epoch tick; their settlements may wait for a broker that
     // is down, but not past the lease, after which others reclaim them anyway.
     wait_until_settled(process, lanes, Instant::now() + process.config.lease).await;
+    let after = counts();
     let unsettled: usize = running(lanes);
+    tracing::info!(
+        finished = after.finished().saturating_sub(before.finished()),
+        handed_back = after.released.saturating_sub(before.released),
+        unsettled,
+        "shutdown complete"
+    );
     if unsettled > 0 {
         tracing::warn!(
             unsettled,
@@ -371,6 +496,7 @@ async fn fetch<B: Broker + Clone>(
         if requested(shutdown).await {
             return;
         }
+        let queues = lane.process.queues();
         let (room, slots) = match room(lane, shutdown).await {
             Room::Some(room, slots) => (room, slots),
             Room::Shutdown => return,
@@ -386,7 +512,7 @@ async fn fetch<B: Broker + Clone>(
         // what it leased must be registered to be handed back at once.
         let reserved = lane
             .broker
-            .reserve(&config.name, &config.queues, room, lease_ms, now_ms())
+            .reserve(&config.name, &queues, room, lease_ms, now_ms())
             .await;
         match reserved {
             Ok(deliveries) if deliveries.is_empty() => {
@@ -407,7 +533,7 @@ async fn fetch<B: Broker + Clone>(
                 tokio::select! {
                     biased;
                     () = &mut *shutdown => return,
-                    _ = lane.broker.wait_for_work(&config.queues, IDLE_WAIT) => {}
+                    _ = lane.broker.wait_for_work(&queues, IDLE_WAIT) => {}
                 }
             }
             Ok(deliveries) => {
@@ -439,8 +565,7 @@ async fn fetch<B: Broker + Clone>(
 async fn room<B>(lane: &Lane<B>, shutdown: &mut Pin<&mut impl Future<Output = ()>>) -> Room {
     let process = &lane.process;
     if !process.fair {
-        let config = &process.config;
-        let room_total = config.concurrency.max(1) * config.prefetch_multiplier.max(1);
+        let room_total = process.pool.size() * process.config.prefetch_multiplier.max(1);
         let room = room_total.saturating_sub(lane.held_count()).min(MAX_BATCH);
         return if room == 0 {
             Room::Full
@@ -451,16 +576,13 @@ async fn room<B>(lane: &Lane<B>, shutdown: &mut Pin<&mut impl Future<Output = ()
     let mut slots = tokio::select! {
         biased;
         () = &mut *shutdown => return Room::Shutdown,
-        slot = process.slots.clone().acquire_owned() => match slot {
+        slot = process.pool.acquire() => match slot {
             Ok(slot) => slot,
             Err(_) => return Room::Shutdown,
         },
     };
     // Permits are handed to waiters first, so the ones left over are wanted by no other lane.
-    let spare = process.slots.available_permits().min(MAX_BATCH - 1);
-    if spare > 0
-        && let Ok(more) = process.slots.clone().try_acquire_many_owned(spare as u32)
-    {
+    if let Some(more) = process.pool.try_acquire_spare(MAX_BATCH - 1) {
         slots.merge(more);
     }
     Room::Some(slots.num_permits(), Some(slots))
@@ -489,8 +611,19 @@ fn start<B: Broker + Clone>(
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&delivery.id)
         || delivery.terminating;
+    let (task, args) = match &delivery.message {
+        Ok(message) => (
+            format!("{}.{}", message.component, message.task),
+            message.args.clone(),
+        ),
+        Err(_) => (String::new(), String::new()),
+    };
     let held = Held {
         token: delivery.token,
+        task,
+        args,
+        attempt: delivery.attempt,
+        received_ms: delivery.received_ms,
         stop,
         reason: early.then_some(StopReason::Revoked),
         started_ms: None,
@@ -529,7 +662,7 @@ async fn execute<B: Broker + Clone>(
     };
     let slot = match slot {
         Some(slot) => Some(slot),
-        None => lane.process.slots.clone().acquire_owned().await.ok(),
+        None => lane.process.pool.acquire().await.ok(),
     };
     let settlement = match slot {
         // Closed: warm shutdown began before this prefetched message got a slot; it goes back
@@ -591,7 +724,15 @@ async fn run_one<B: Broker + Clone>(
     {
         held.started_ms = Some(started_ms);
     }
-    let limits = outcome::limits(&lane.process.config.limits, &message.limits);
+    let defaults = Limits {
+        time: lane
+            .policies
+            .time_limit(&lane.broker, &message.component, &message.task)
+            .await
+            .unwrap_or(lane.process.config.limits.time),
+        ..lane.process.config.limits
+    };
+    let limits = outcome::limits(&defaults, &message.limits);
     let request = crate::sandbox::CallRequest {
         task: &message.task,
         args: &message.args,
@@ -798,6 +939,13 @@ fn remember_early<B>(lane: &Lane<B>, id: String) {
         early.clear();
     }
     early.insert(id);
+}
+
+impl Summary {
+    /// Tasks that reached a final state or were retried.
+    fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.retried + self.revoked
+    }
 }
 
 impl Counts {

@@ -3,7 +3,6 @@
 //! its running calls finish (drained warmly) before its lane goes.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use wtq_client::broker::{Broker, Tenancy};
 use wtq_client::tenancy::{Tenant, namespace_of};
 
 use super::metrics::{self, Depths};
-use super::{Lane, Parts, Process, Summary, WorkerConfig, fetch, shut_down};
+use super::{Lane, Parts, Process, Stage, Summary, WorkerConfig, fetch, reached, shut_down};
 use crate::sandbox::Sandbox;
 
 /// How often the tenant registry is read again: a new tenant is served within this time.
@@ -41,7 +40,7 @@ struct Served<B> {
 }
 
 /// Runs a worker over every tenant in `root`'s tenant registry (each in its own namespace)
-/// until `shutdown` resolves, then shuts down warmly. `config.concurrency` slots are shared by
+/// until `stop` reaches [`Stage::Warm`], then shuts down in stages. `config.concurrency` slots are shared by
 /// all tenants, handed out in turn; each tenant's cap is enforced by the broker at reserve.
 /// With `metrics`, it also serves Prometheus `GET /metrics` there (queue depths per tenant)
 /// until it has shut down.
@@ -51,12 +50,13 @@ pub async fn run_tenants<B>(
     sandbox: Sandbox,
     compute: tokio::runtime::Handle,
     metrics: Option<tokio::net::TcpListener>,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: watch::Sender<Stage>,
 ) -> Summary
 where
     B: Broker + Tenancy + Clone,
 {
-    let process = Process::new(config, compute, true);
+    let process = Process::new(config, compute, true, stop);
+    let shutdown = reached(process.stop.subscribe(), Stage::Warm);
     let endpoint = metrics
         .map(|listener| metrics::serve(listener, process.clone(), Depths::Tenants(root.clone())));
     tracing::info!(

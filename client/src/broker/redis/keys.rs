@@ -25,6 +25,9 @@
 //! | `usage`               | hash   | metered usage: `tasks`, `attempts`, `fuel`, `cpu_us`,   |
 //! |                       |        | `memory_kib_ms` (absent: 0)                             |
 //! | `rate:<bucket>`       | string | GCRA theoretical arrival time (Unix µs), with a TTL     |
+//! | `task-rates`          | hash   | task (`component.task`) → its rate limit, `N/ms` text   |
+//! | `task-time-limits`    | hash   | task → its time limit (ms), set at run time             |
+//! | `task-rate:<task>`    | string | a rate-limited task's next free slot (Unix µs), w/ TTL  |
 //! | `events`              | stream | the event log: task and worker events (fields: `type`,  |
 //! |                       |        | `id`, `state`, `at_ms`, `task`, `worker`, `attempt`,    |
 //! |                       |        | `error`, `progress`), capped with `MAXLEN ~ <cap>`      |
@@ -74,6 +77,8 @@ pub const SEQ_BITS: u32 = 44;
 /// - `attempt`: the current attempt (absent: 1);
 /// - `expires`: from the message, when an unstarted message is revoked (absent: never);
 /// - `max_deliveries`, `result_ttl`: from the message (`result_expires_ms`);
+/// - `rate_slot`: a booked rate-limit slot (Unix µs) while the message waits for it in the
+///   delayed set; the delivery at that slot takes no other (see `scripts/reserve.lua`);
 /// - `watched`: set by a waiter, so that a finish publishes on `done:<id>` (unwatched tasks
 ///   skip the PUBLISH).
 pub mod field {
@@ -190,6 +195,21 @@ impl Keys {
         self.key(&format!("rate:{bucket}"))
     }
 
+    /// Per-task rate limits set by an operator: task → `<count>/<per_ms>` (read by reserve).
+    pub fn task_rates(&self) -> String {
+        self.key("task-rates")
+    }
+
+    /// Per-task time limits set by an operator: task → milliseconds.
+    pub fn task_time_limits(&self) -> String {
+        self.key("task-time-limits")
+    }
+
+    /// A rate-limited task's slot bucket (the reserve script derives it from the prefix).
+    pub fn task_rate(&self, task: &str) -> String {
+        self.key(&format!("task-rate:{task}"))
+    }
+
     /// Run-time schedule entries (`wtq schedule add`).
     pub fn schedules(&self) -> String {
         self.key("schedules")
@@ -292,6 +312,9 @@ mod tests {
         check(keys.quota(), "wtq:{blue}:quota");
         check(keys.usage(), "wtq:{blue}:usage");
         check(keys.rate("enqueue"), "wtq:{blue}:rate:enqueue");
+        check(keys.task_rates(), "wtq:{blue}:task-rates");
+        check(keys.task_time_limits(), "wtq:{blue}:task-time-limits");
+        check(keys.task_rate("math.add"), "wtq:{blue}:task-rate:math.add");
         check(keys.events_on(), "wtq:{blue}:events-on");
         check(keys.events(), "wtq:{blue}:events");
         // A brace in an id cannot move a key to another slot: only the first `{...}` counts.

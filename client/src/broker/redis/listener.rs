@@ -1,6 +1,7 @@
 //! The Redis broker's one pub/sub connection, shared by every waiter of a [`RedisBroker`] and
 //! of the brokers of other namespaces made from it: `wait` (channel `done:<id>`),
-//! `wait_for_work` (`work:<queue>`) and `terminations` (`terminate`). (Task events are not
+//! `wait_for_work` (`work:<queue>`), `terminations` (`terminate`) and remote control
+//! (`control`, `reply:<request>`, see `control.rs`). (Task events are not
 //! here: they are a stream, read by `tenancy.rs` on connections of their own.)
 //! Channels are full names (`wtq:{<namespace>}:…`), so each waiter hears only its namespace.
 //!
@@ -165,12 +166,23 @@ impl Listener {
         terminating_key: String,
         buffer: usize,
     ) -> mpsc::Receiver<String> {
+        self.forward(channel, Some(terminating_key), buffer).await
+    }
+
+    /// Every message on `channel` from now on, as it arrives (a full buffer drops messages);
+    /// after a reconnect, the members of `replay` (a set) are sent again.
+    pub(super) async fn forward(
+        &self,
+        channel: String,
+        replay: Option<String>,
+        buffer: usize,
+    ) -> mpsc::Receiver<String> {
         let (sender, receiver) = mpsc::channel(buffer);
         let channel = channel.into_bytes();
         self.register(
             std::slice::from_ref(&channel),
             || Waiter::Forward(sender.clone()),
-            |entry| entry.replay = Some(terminating_key.clone()),
+            |entry| entry.replay = replay.clone(),
         )
         .await;
         receiver
@@ -273,11 +285,11 @@ impl Shared {
             match waiter {
                 Waiter::Wake(notify) => notify.notify_one(),
                 Waiter::Forward(sender) => {
-                    let id = String::from_utf8_lossy(payload).into_owned();
-                    if let Err(mpsc::error::TrySendError::Full(id)) = sender.try_send(id) {
+                    let payload = String::from_utf8_lossy(payload).into_owned();
+                    if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(payload) {
                         tracing::warn!(
-                            task = id,
-                            "a worker's termination channel is full; it will see the request only at its next delivery"
+                            channel = %String::from_utf8_lossy(channel),
+                            "a receiver's buffer is full; a message was dropped (a terminate request is seen again at the task's next delivery)"
                         );
                     }
                 }

@@ -14,7 +14,8 @@
 //!   reap empty it (the field is non-empty exactly while the id is in `leases`).
 //! - Tenancy ([`tenancy`]): [`Tenancy::namespaced`](super::Tenancy::namespaced) gives a broker
 //!   over another namespace's keys sharing this one's connections, scripts and listener. The
-//!   reserve script enforces the namespace's concurrency cap (one HGET per call), settle meters
+//!   reserve script enforces the namespace's concurrency cap (one HGET per call) and the
+//!   per-task rate limits (`super::task_rate`; one HLEN per call while none is set), settle meters
 //!   usage (one HINCRBY per counter per call) and every state change publishes a task event
 //!   only while someone watches (one EXISTS per call that changes a state); the tenant and token
 //!   hashes are the only keys outside a namespace.
@@ -29,6 +30,7 @@
 //! Not here: Redis Cluster routing (the scripts are slot-safe, but [`ConnectionManager`] talks
 //! to one node), durable-mode `WAIT`.
 
+mod control;
 mod keys;
 mod listener;
 mod record;
@@ -37,6 +39,7 @@ mod tenancy;
 
 pub(crate) use self::keys::valid_namespace;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,13 +50,15 @@ use tokio::sync::mpsc;
 
 use self::keys::{Keys, rank_base};
 use self::listener::Listener;
+use super::task_rate;
 use super::tenancy::Metered;
 use super::{
     Broker, Delivery, Enqueued, Error, IDEMPOTENCY_TTL_MS, Lease, Mark, NewTask, Revoked, Settle,
     Settled, Settlement,
 };
 use crate::message::{State, TaskFailure, TaskMessage, TaskRecord};
-use crate::registry::{ComponentRecord, Upload};
+use crate::registry::{ComponentRecord, TaskPolicy, Upload};
+use crate::tenancy::Rate;
 use crate::workflow::{Input, Links, Plan, PlannedTask, Tree};
 
 /// How long one connection attempt may take (and one reply during `connect`'s checks).
@@ -535,6 +540,7 @@ impl Broker for RedisBroker {
         call.key(keys.leases())
             .key(keys.terminating())
             .key(keys.quota())
+            .key(keys.task_rates())
             .arg(keys.prefix())
             .arg(worker)
             .arg(now_ms)
@@ -1025,6 +1031,61 @@ impl Broker for RedisBroker {
                 .map_err(|error| Error::Corrupt(format!("workflow {id}: {error}")))
         })
         .transpose()
+    }
+
+    async fn set_rate_limit(&self, task: &str, rate: Option<Rate>) -> Result<(), Error> {
+        let keys = self.keys();
+        // One transaction: the limit and a fresh bucket change together.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match rate {
+            Some(rate) => pipe
+                .hset(keys.task_rates(), task, task_rate::encode(rate))
+                .ignore(),
+            None => pipe.hdel(keys.task_rates(), task).ignore(),
+        };
+        pipe.del(keys.task_rate(task)).ignore();
+        pipe.query_async::<()>(&mut self.inner.shared.commands.clone())
+            .await
+            .map_err(|error| self.failed(error))
+    }
+
+    async fn set_time_limit(&self, task: &str, limit_ms: Option<u64>) -> Result<(), Error> {
+        let key = self.keys().task_time_limits();
+        let mut command = redis::cmd(if limit_ms.is_some() { "HSET" } else { "HDEL" });
+        command.arg(key).arg(task);
+        if let Some(ms) = limit_ms {
+            command.arg(ms);
+        }
+        let _: i64 = self.query(&command).await?;
+        Ok(())
+    }
+
+    async fn task_policies(&self) -> Result<BTreeMap<String, TaskPolicy>, Error> {
+        let keys = self.keys();
+        type Fields = Vec<(String, String)>;
+        let (rates, times): (Fields, Fields) = redis::pipe()
+            .hgetall(keys.task_rates())
+            .hgetall(keys.task_time_limits())
+            .query_async(&mut self.inner.shared.commands.clone())
+            .await
+            .map_err(|error| self.failed(error))?;
+        let mut policies: BTreeMap<String, TaskPolicy> = BTreeMap::new();
+        for (task, text) in rates {
+            let rate = task_rate::decode(&text).ok_or_else(|| {
+                Error::Corrupt(format!("rate limit of `{task}`: `{text}` is not COUNT/MS"))
+            })?;
+            policies.entry(task).or_default().rate_limit = Some(rate);
+        }
+        for (task, text) in times {
+            let ms = text.parse().map_err(|_| {
+                Error::Corrupt(format!(
+                    "time limit of `{task}`: `{text}` is not milliseconds"
+                ))
+            })?;
+            policies.entry(task).or_default().time_limit_ms = Some(ms);
+        }
+        Ok(policies)
     }
 }
 

@@ -5,10 +5,23 @@
 -- namespace's current leases (of every worker), so the cap holds across workers. Each lease
 -- is a RECEIVED task event, each expiry a REVOKED one.
 --
+-- Per-task rate limits (`task-rates`: `component.task` -> `<count>/<per_ms>`), the same for
+-- every worker; `broker/task_rate.rs` holds the arithmetic this mirrors and its reasons. When
+-- the hash is empty they cost one HLEN per call. Otherwise each popped message of a limited
+-- task takes the slot max(TAT, now) of its bucket `task-rate:<task>` (TAT in Unix us) and
+-- moves the TAT one interval on: a slot that is now is leased; one within the horizon
+-- (max(1 s, interval) ahead) is booked: the message goes to its delayed set due at the slot,
+-- with the slot in its `rate_slot` field, and is leased without another slot once promoted;
+-- one further ahead is deferred: back to the delayed set, taking nothing, until about when a
+-- slot could be booked for it. A call then examines at most `max` + 100 messages, so a queue
+-- full of limited messages costs one batch, not the whole queue, and other tasks behind them
+-- are reached. A booked message that is revoked, purged or expires leaves its slot unused.
+--
 -- KEYS[1]  the `fence` counter
 -- KEYS[2]  `leases`
 -- KEYS[3]  `terminating`
 -- KEYS[4]  `quota`
+-- KEYS[5]  `task-rates`
 -- ARGV[1]  key prefix; ARGV[2] worker; ARGV[3] now (ms); ARGV[4] lease expiry (ms);
 -- ARGV[5]  max; ARGV[6] most delayed messages promoted per queue and call;
 -- ARGV[7..] the queues
@@ -75,28 +88,129 @@ if cap then
   end
 end
 
+-- Rate limits (see the header; constants as in task_rate.rs). One HLEN per call without any.
+local rates_on = redis.call('HLEN', KEYS[5]) > 0
+local HORIZON_MIN_US, MAX_DEFER_MS, EXAMINE_EXTRA = 1000000, 60000, 100
+local SLOT_TOLERANCE_US = 100000
+local now_us = now * 1000
+local limits = {}   -- task -> { interval, horizon } or false, read once per call
+local buckets = {}  -- task -> TAT (us), read once per call
+local moved = {}    -- task -> true once this call took a slot of it (its TAT is written back)
+local deferred = {} -- task -> its messages deferred by this call
+local booked = {}   -- queue -> true when a message was booked there
+
+local function limit_of(name)
+  local limit = limits[name]
+  if limit == nil then
+    limit = false
+    local text = redis.call('HGET', KEYS[5], name)
+    local count, per_ms = string.match(text or '', '^(%d+)/(%d+)$')
+    count, per_ms = tonumber(count), tonumber(per_ms)
+    if count and per_ms and count > 0 and per_ms > 0 then
+      local interval = math.max(math.floor((per_ms * 1000 + math.floor(count / 2)) / count), 1)
+      limit = { interval, math.max(interval, HORIZON_MIN_US) }
+    end
+    limits[name] = limit
+  end
+  return limit
+end
+
+local function due_of(us)
+  return string.format('%d', math.ceil(us / 1000))
+end
+
+-- Whether the message may be leased now; if not, it is in its delayed set.
+local function rate_allows(key, id, queue, body, rate_slot)
+  if rate_slot then
+    local slot = tonumber(rate_slot) or 0
+    if slot > now_us + SLOT_TOLERANCE_US then
+      redis.call('ZADD', prefix .. 'delayed:' .. queue, due_of(slot), id)
+      return false
+    end
+    redis.call('HDEL', key, 'rate_slot')
+    return true
+  end
+  if not rates_on then
+    return true
+  end
+  -- The message JSON starts with its id, component and task (as in the prelude's `event`).
+  local component = string.match(body, '"component":"([^"]*)"')
+  local task = string.match(body, '"task":"([^"]*)"')
+  if not (component and task) then
+    return true
+  end
+  local name = component .. '.' .. task
+  local limit = limit_of(name)
+  if not limit then
+    return true
+  end
+  local interval, horizon = limit[1], limit[2]
+  local tat = buckets[name]
+  if tat == nil then
+    tat = tonumber(redis.call('GET', prefix .. 'task-rate:' .. name) or '0') or 0
+  end
+  local slot = math.max(tat, now_us)
+  if slot == now_us then
+    buckets[name], moved[name] = slot + interval, true
+    return true
+  end
+  if slot - now_us <= horizon then
+    buckets[name], moved[name] = slot + interval, true
+    redis.call('HSET', key, 'rate_slot', string.format('%d', slot))
+    redis.call('ZADD', prefix .. 'delayed:' .. queue, due_of(slot), id)
+    booked[queue] = true
+    return false
+  end
+  buckets[name] = tat
+  local k = deferred[name] or 0
+  deferred[name] = k + 1
+  local due = math.min(math.ceil((slot + k * interval - horizon) / 1000), now + MAX_DEFER_MS)
+  redis.call('ZADD', prefix .. 'delayed:' .. queue, string.format('%d', due), id)
+  return false
+end
+
 local chosen = {}
 local dropped = {}
+-- With rate limits, messages that wait for a slot do not count toward `max`: bound the work.
+local examined, examine_limit = 0, max
+if rates_on then
+  examine_limit = max + EXAMINE_EXTRA
+end
 for q = 7, #ARGV do
-  local ready = prefix .. 'ready:' .. ARGV[q]
-  while #chosen < max do
-    local popped = redis.call('ZPOPMIN', ready, max - #chosen)
+  local queue = ARGV[q]
+  local ready = prefix .. 'ready:' .. queue
+  while #chosen < max and examined < examine_limit do
+    local popped = redis.call('ZPOPMIN', ready, math.min(max - #chosen, examine_limit - examined))
     if #popped == 0 then
       break
     end
+    examined = examined + #popped / 2
     for j = 1, #popped, 2 do
       local id = popped[j]
       local key = prefix .. 'task:' .. id
-      local f = redis.call('HMGET', key, 'msg', 'deliveries', 'attempt', 'expires', 'result_ttl')
+      local f = redis.call('HMGET', key, 'msg', 'deliveries', 'attempt', 'expires', 'result_ttl',
+        'rate_slot')
       if not f[1] then
         dropped[#dropped + 1] = id
       elseif f[4] and tonumber(f[4]) < now then
         expire(key, id, f[4], f[5])
-      else
+      elseif rate_allows(key, id, queue, f[1], f[6]) then
         chosen[#chosen + 1] = { key, id, f[1], (tonumber(f[2]) or 0) + 1, f[3] or '1' }
       end
     end
   end
+end
+-- Buckets live until their TAT has passed (then they are as good as absent).
+for name in pairs(moved) do
+  local tat = buckets[name]
+  if tat > now_us then
+    redis.call('SET', prefix .. 'task-rate:' .. name, string.format('%d', tat), 'PX',
+      string.format('%d', math.max(math.ceil((tat - now_us) / 1000), 1)))
+  end
+end
+-- Workers waiting for work learn of the new due time (they wait until the earliest one).
+for queue in pairs(booked) do
+  redis.call('PUBLISH', prefix .. 'work:' .. queue, '')
 end
 
 local out = {}

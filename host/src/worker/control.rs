@@ -1,0 +1,283 @@
+//! A worker's side of `wtq inspect` and `wtq control`: it hears every request broadcast to
+//! its namespace, acts on those addressed to it (or to every worker), and replies.
+
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wtq_client::broker::control::{Command, ControlReply, ReplyOutcome};
+use wtq_client::broker::{Broker, Control};
+
+use super::autoscale::{Bounds, process_cpu_time};
+use super::{Held, Lane, MAX_BACKOFF, Stage, advance};
+
+/// Longest arguments shown by `inspect active`/`reserved`; longer ones are cut.
+const MAX_ARGS_SHOWN: usize = 1024;
+
+/// Answers control requests until aborted.
+pub(super) async fn listen<B: Broker + Control + Clone>(lane: Arc<Lane<B>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut requests = match lane.broker.control_requests().await {
+            Ok(requests) => requests,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for control requests; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let name = &lane.process.config.name;
+        while let Some(request) = requests.recv().await {
+            if !request.is_for(name) {
+                continue;
+            }
+            tracing::info!(request = %request.id, command = ?request.command, "control request");
+            let outcome = match answer(&lane, &request.command).await {
+                Ok(value) => ReplyOutcome::Ok(value),
+                Err(message) => ReplyOutcome::Error(message),
+            };
+            let reply = ControlReply {
+                request: request.id,
+                worker: name.clone(),
+                outcome,
+            };
+            if let Err(error) = lane.broker.reply(&reply).await {
+                tracing::warn!(%error, "cannot send a control reply");
+            }
+        }
+    }
+}
+
+/// Carries out one command; `Err` is the reason it could not, for the reply.
+async fn answer<B: Broker + Control + Clone>(
+    lane: &Lane<B>,
+    command: &Command,
+) -> Result<Value, String> {
+    let process = &lane.process;
+    match command {
+        Command::Ping => Ok(json!("pong")),
+        Command::Active => Ok(held(lane, true)),
+        Command::Reserved => Ok(held(lane, false)),
+        Command::Scheduled => scheduled(lane).await,
+        Command::Stats => Ok(stats(lane)),
+        Command::Registered => registered(lane).await,
+        Command::Shutdown => {
+            advance(&process.stop, Stage::Warm);
+            Ok(json!({"shutdown": "warm"}))
+        }
+        Command::PoolGrow { n } => resize(lane, process.pool.size().saturating_add(*n)),
+        Command::PoolShrink { n } => {
+            let size = process.pool.size();
+            if *n >= size {
+                return Err(format!(
+                    "pool-shrink {n}: the pool has {size} slots and keeps at least 1"
+                ));
+            }
+            resize(lane, size - n)
+        }
+        Command::Autoscale { max, min } => {
+            let bounds = Bounds {
+                max: *max,
+                min: *min,
+            };
+            let limit = process.pool.limit();
+            if bounds.min == 0 || bounds.min > bounds.max {
+                return Err(format!(
+                    "autoscale {bounds}: use MAX,MIN with 1 <= MIN <= MAX"
+                ));
+            }
+            if bounds.max > limit {
+                return Err(format!(
+                    "autoscale {bounds}: this worker has room for at most {limit} slots (start it with a higher --max-concurrency)"
+                ));
+            }
+            *process
+                .autoscale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(bounds);
+            Ok(json!({"autoscale": {"max": bounds.max, "min": bounds.min}}))
+        }
+        Command::AddConsumer { queue } => {
+            if !wtq_client::registry::valid_name(queue) {
+                return Err(format!(
+                    "queue `{queue}`: use 1 to 128 ASCII letters, digits, `_` or `-`"
+                ));
+            }
+            let mut queues = process
+                .queues
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !queues.contains(queue) {
+                queues.push(queue.clone());
+            }
+            Ok(json!({"queues": *queues}))
+        }
+        Command::CancelConsumer { queue } => {
+            let mut queues = process
+                .queues
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !queues.contains(queue) {
+                return Err(format!(
+                    "cancel-consumer {queue}: this worker does not consume it (it consumes {})",
+                    queues.join(", ")
+                ));
+            }
+            if queues.len() == 1 {
+                return Err(format!(
+                    "cancel-consumer {queue}: it is this worker's only queue; add another first, or shut the worker down"
+                ));
+            }
+            queues.retain(|q| q != queue);
+            Ok(json!({"queues": *queues}))
+        }
+        Command::PoliciesChanged => {
+            lane.policies.changed().await;
+            Ok(json!("ok"))
+        }
+    }
+}
+
+fn resize<B>(lane: &Lane<B>, target: usize) -> Result<Value, String> {
+    let pool = &lane.process.pool;
+    let from = pool.size();
+    let size = pool.resize(target).map_err(|error| error.to_string())?;
+    tracing::info!(from, to = size, "pool resized on request");
+    Ok(json!({"concurrency": size}))
+}
+
+/// The held deliveries that have started (`active`) or not (`reserved`), oldest first.
+fn held<B>(lane: &Lane<B>, started: bool) -> Value {
+    let held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut tasks: Vec<(&String, &Held)> = held
+        .iter()
+        .filter(|(_, held)| held.started_ms.is_some() == started)
+        .collect();
+    tasks.sort_by_key(|(_, held)| (held.started_ms, held.received_ms));
+    let tasks: Vec<Value> = tasks
+        .into_iter()
+        .map(|(id, held)| {
+            let mut args = held.args.clone();
+            if args.len() > MAX_ARGS_SHOWN {
+                let mut cut = MAX_ARGS_SHOWN;
+                while !args.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                args.truncate(cut);
+                args.push('…');
+            }
+            json!({
+                "id": id,
+                "task": held.task,
+                "args": args,
+                "attempt": held.attempt,
+                "received_ms": held.received_ms,
+                "started_ms": held.started_ms,
+            })
+        })
+        .collect();
+    Value::Array(tasks)
+}
+
+fn stats<B>(lane: &Lane<B>) -> Value {
+    let process = &lane.process;
+    let summary = process.counts.summary();
+    let autoscale = *process
+        .autoscale
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let running = {
+        let held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.values()
+            .filter(|held| held.started_ms.is_some())
+            .count()
+    };
+    json!({
+        "name": process.config.name,
+        "pid": std::process::id(),
+        "uptime_s": process.started.elapsed().as_secs(),
+        "queues": process.queues(),
+        "pool": {
+            "concurrency": process.pool.size(),
+            "busy": process.pool.busy(),
+            "max_concurrency": process.pool.limit(),
+            "autoscale": autoscale.map(|bounds| json!({"max": bounds.max, "min": bounds.min})),
+            "prefetch_multiplier": process.config.prefetch_multiplier,
+        },
+        "running": running,
+        "reserved": lane.waiting(),
+        "total": {
+            "succeeded": summary.succeeded,
+            "failed": summary.failed,
+            "retried": summary.retried,
+            "revoked": summary.revoked,
+            "handed_back": summary.released,
+        },
+        "cpu_s": process_cpu_time().map(|used| used.as_secs_f64()),
+        "shutting_down": *process.stop.borrow() > Stage::Running,
+    })
+}
+
+/// Most delayed messages listed per queue by `inspect scheduled`.
+const MAX_SCHEDULED_SHOWN: usize = 100;
+
+/// The messages waiting in the delayed sets of the worker's queues, soonest first per queue.
+async fn scheduled<B: Broker + Control>(lane: &Lane<B>) -> Result<Value, String> {
+    let mut tasks = Vec::new();
+    for queue in lane.process.queues() {
+        let delayed = lane
+            .broker
+            .delayed(&queue, MAX_SCHEDULED_SHOWN)
+            .await
+            .map_err(|error| format!("cannot read queue `{queue}`'s delayed set: {error}"))?;
+        for (id, due_ms) in delayed {
+            // Gone meanwhile (revoked, expired): not scheduled any more.
+            let Ok(Some(record)) = lane.broker.record(&id).await else {
+                continue;
+            };
+            let message = &record.message;
+            tasks.push(json!({
+                "id": id,
+                "task": format!("{}.{}", message.component, message.task),
+                "args": message.args,
+                "queue": queue,
+                "eta_ms": due_ms,
+                "attempt": record.attempts.len() + 1,
+            }));
+        }
+    }
+    Ok(Value::Array(tasks))
+}
+
+/// Every task this worker can run (the registry's current versions), with the run-time
+/// limits operators set.
+async fn registered<B: Broker>(lane: &Lane<B>) -> Result<Value, String> {
+    let components = lane
+        .broker
+        .components()
+        .await
+        .map_err(|error| format!("cannot read the registry: {error}"))?;
+    let policies = lane
+        .broker
+        .task_policies()
+        .await
+        .map_err(|error| format!("cannot read task policies: {error}"))?;
+    let mut tasks = Vec::new();
+    for component in &components {
+        let Some(current) = component.current() else {
+            continue;
+        };
+        for task in &current.tasks {
+            let address = format!("{}.{}", component.name, task.name);
+            let policy = policies.get(&address);
+            tasks.push(json!({
+                "task": address,
+                "params": task.params,
+                "rate_limit": policy.and_then(|p| p.rate_limit).map(|rate| rate.to_string()),
+                "time_limit_ms": policy.and_then(|p| p.time_limit_ms),
+            }));
+        }
+    }
+    Ok(Value::Array(tasks))
+}
