@@ -288,8 +288,12 @@ async fn a_second_signal_turns_a_warm_shutdown_cold() {
     let long = cluster.enqueue(&["chaos.sleep", "[30000]"]);
     started(&cluster, &long).await;
 
+    // `control shutdown` is warm, and a SIGTERM after it is still only the first signal:
+    // the worker keeps waiting for its running task (up to a minute).
+    ask(&cluster, &["control", "shutdown", "-d", "w1"]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(state(&cluster, &long).await, State::Started);
     cluster.signal(worker, "TERM");
-    // Warm: it waits for the running task (up to a minute).
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(state(&cluster, &long).await, State::Started);
     let signalled = Instant::now();

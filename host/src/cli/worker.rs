@@ -254,7 +254,9 @@ pub(super) async fn shutdown_signal() {
 }
 
 /// Moves a worker's shutdown on with signals: the first SIGTERM or SIGINT starts a warm
-/// shutdown, a second one, or SIGQUIT at any time, a cold one.
+/// shutdown, a second one, or SIGQUIT at any time, a cold one; one more after that ends the
+/// process at once (its leases expire and other workers run its tasks). A `control
+/// shutdown` is not a signal: a SIGTERM after it still only asks for a warm shutdown.
 pub(super) async fn shutdown_stages(stop: tokio::sync::watch::Sender<Stage>) {
     #[cfg(unix)]
     {
@@ -269,25 +271,24 @@ pub(super) async fn shutdown_stages(stop: tokio::sync::watch::Sender<Stage>) {
             tracing::warn!("cannot install signal handlers; shutdowns will not be graceful");
             return;
         };
+        let mut cold = false;
+        let mut signals = 0;
         loop {
             let next = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
                 _ = interrupt.recv() => "SIGINT",
                 _ = quit.recv() => "SIGQUIT",
             };
-            let stage = if next == "SIGQUIT" || *stop.borrow() >= Stage::Warm {
-                Stage::Cold
-            } else {
-                Stage::Warm
-            };
-            eprintln!(
-                "{next}: {} shutdown",
-                if stage == Stage::Cold { "cold" } else { "warm" }
-            );
-            advance(&stop, stage);
-            if stage == Stage::Cold {
-                return;
+            signals += 1;
+            if cold {
+                eprintln!(
+                    "{next}: exiting now; the leases of unsettled tasks will expire and other workers will run them"
+                );
+                std::process::exit(i32::from(super::exit::INTERNAL));
             }
+            cold = next == "SIGQUIT" || signals > 1;
+            eprintln!("{next}: {} shutdown", if cold { "cold" } else { "warm" });
+            advance(&stop, if cold { Stage::Cold } else { Stage::Warm });
         }
     }
     #[cfg(not(unix))]

@@ -133,18 +133,37 @@ async fn answer<B: Broker + Control + Clone>(
             Ok(json!({"queues": *queues}))
         }
         Command::PoliciesChanged => {
-            lane.policies.changed().await;
+            lane.policies.changed();
             Ok(json!("ok"))
         }
     }
 }
 
+/// Resizes the pool. With the autoscaler on, its bounds widen to the new size (as Celery's
+/// `force_scale_up`/`down` do), or it would undo the resize within a second.
 fn resize<B>(lane: &Lane<B>, target: usize) -> Result<Value, String> {
-    let pool = &lane.process.pool;
-    let from = pool.size();
-    let size = pool.resize(target).map_err(|error| error.to_string())?;
+    let process = &lane.process;
+    let mut autoscale = process
+        .autoscale
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let from = process.pool.size();
+    let size = process
+        .pool
+        .resize(target)
+        .map_err(|error| error.to_string())?;
     tracing::info!(from, to = size, "pool resized on request");
-    Ok(json!({"concurrency": size}))
+    match autoscale.as_mut() {
+        Some(bounds) => {
+            bounds.max = bounds.max.max(size);
+            bounds.min = bounds.min.min(size);
+            Ok(json!({
+                "concurrency": size,
+                "autoscale": {"max": bounds.max, "min": bounds.min},
+            }))
+        }
+        None => Ok(json!({"concurrency": size})),
+    }
 }
 
 /// The held deliveries that have started (`active`) or not (`reserved`), oldest first.

@@ -50,16 +50,20 @@ impl Control for RedisBroker {
                 }
             }
         });
-        let heard: usize = self
+        let published: Result<usize, Error> = self
             .query(
                 redis::cmd("PUBLISH")
                     .arg(self.control_channel())
                     .arg(super::json(request)),
             )
-            .await?;
-        let collected = collect(request, heard, &mut replies, timeout).await;
+            .await;
+        let collected = match published {
+            Ok(heard) => Ok(collect(request, heard, &mut replies, timeout).await),
+            Err(error) => Err(error),
+        };
+        // Ends the reply subscription on every path.
         decoder.abort();
-        Ok(collected)
+        collected
     }
 
     async fn control_requests(&self) -> Result<mpsc::Receiver<ControlRequest>, Error> {
