@@ -353,3 +353,75 @@ async fn wtq_up_serves_schedules_and_fires_them() {
         .expect("DELETE");
     assert_eq!(response.status(), 404);
 }
+
+/// Creates tenant `name` in the registry of the cluster's Redis; returns its namespace's URL.
+async fn tenant(cluster: &Cluster, name: &str) -> String {
+    use wtq_client::broker::Tenancy;
+    use wtq_client::tenancy::{Quotas, Tenant, namespace_of};
+    let root = wtq_client::connect(&cluster.url()).await.expect("connect");
+    let tenant = Tenant {
+        name: name.to_string(),
+        created_ms: now_ms(),
+        quotas: Quotas::default(),
+    };
+    root.put_tenant(&tenant).await.expect("put tenant");
+    format!("{}?namespace={}", cluster.url(), namespace_of(name))
+}
+
+/// The tasks waiting in a namespace's default queue.
+async fn waiting(url: &str) -> usize {
+    use wtq_client::broker::Broker;
+    let broker = wtq_client::connect(url).await.expect("connect");
+    broker.depth("default").await.expect("depth")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beat_with_tenants_fires_every_tenants_stored_entries() {
+    let cluster = Cluster::start();
+    let acme = tenant(&cluster, "acme").await;
+    let add = |url: &str, name: &str| {
+        let path = crate::support::guest("math");
+        let run = cluster
+            .wtq
+            .command(["deploy", path.to_str().expect("utf-8 path"), "--url", url]);
+        assert_eq!(run.code, 0, "deploy: {}", run.stderr);
+        let run = cluster.wtq.command([
+            "schedule", "add", name, "--task", "math.add", "--args", "[1, 2]", "--every", "1s",
+            "--url", url,
+        ]);
+        assert_eq!(run.code, 0, "schedule add: {}", run.stderr);
+    };
+    add(&acme, "acme-tick");
+    let log = cluster.wtq.cache_dir().join("beat-tenants.log");
+    let mut beat = Command::new(env!("CARGO_BIN_EXE_wtq"))
+        .args(["beat", "--tenants", "--url", &cluster.url(), "-n", "b1"])
+        .env("WTQ_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("beat log file"))
+        .spawn()
+        .expect("wtq beat starts");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waiting(&acme).await < 2 {
+        assert!(Instant::now() < deadline, "acme's entry did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A tenant created while the beat runs is picked up; the root namespace has nothing.
+    let later = tenant(&cluster, "later").await;
+    add(&later, "later-tick");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waiting(&later).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the later tenant's entry did not fire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(waiting(&cluster.url()).await, 0);
+    let _ = beat.kill();
+    let _ = beat.wait();
+    cluster
+        .cmd(&["beat", "--tenants", "--schedule", "x.toml"])
+        .fails_with(2, "--schedule");
+}

@@ -9,11 +9,14 @@
 //! records the last tick it handled (fenced by the lease); the next leader starts from there,
 //! firing what was missed as the entry's missed-run policy says.
 //!
-//! Entry point: [`run`]. Not here: parsing and tick arithmetic ([`plan`]), the file format
+//! Entry points: [`run`], and [`run_tenants`] for every tenant of the hosted service. Not here: parsing and tick arithmetic ([`plan`]), the file format
 //! ([`spec`]).
 
 pub mod plan;
 pub mod spec;
+mod tenants;
+
+pub use tenants::run_tenants;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -30,6 +30,11 @@ pub struct BeatArgs {
     /// This beat's name in the lease (default: beat@HOST-PID).
     #[arg(long, short = 'n')]
     name: Option<String>,
+    /// Fire the stored entries of every tenant of the hosted service (`POST /v1/schedules`),
+    /// each in its own namespace with its own lease; new tenants are picked up within
+    /// seconds. The URL's namespace is ignored; a schedule file cannot be given.
+    #[arg(long, conflicts_with = "schedule")]
+    tenants: bool,
     #[command(flatten)]
     connection: BrokerConnection,
 }
@@ -69,7 +74,11 @@ pub fn beat(args: BeatArgs) -> Result<u8, Failure> {
             config.entries.len(),
             units::format_duration(config.lease)
         );
-        crate::beat::run(config, broker, super::worker::shutdown_signal()).await;
+        if args.tenants {
+            crate::beat::run_tenants(config, broker, super::worker::shutdown_signal()).await;
+        } else {
+            crate::beat::run(config, broker, super::worker::shutdown_signal()).await;
+        }
         Ok(exit::SUCCESS)
     })
 }
