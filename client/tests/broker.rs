@@ -126,6 +126,10 @@ both!(
     a_revoked_booked_message_leaves_its_slot_unused,
     a_retry_and_a_redelivery_take_a_slot_each,
     task_policies_round_trip,
+    a_huge_limited_backlog_holds_back_no_other_task,
+    a_slow_tasks_backlog_is_not_examined_again_and_again,
+    raising_a_task_rate_limit_brings_its_deferred_backlog_back,
+    removing_a_task_rate_limit_frees_a_far_deferred_backlog_at_once,
 );
 
 both!(
@@ -1926,26 +1930,27 @@ async fn other_tasks_are_not_held_back_by_a_limited_backlog(broker: impl Broker)
     );
 }
 
-/// Removing a limit: new calls run at once; messages already booked keep their slot, and
-/// deferred ones run, unlimited, when they come back (here within 4 s).
+/// Removing a limit: new calls run at once, and so do the deferred ones, back in their places
+/// ahead of them; messages already booked keep their slot.
 async fn removing_a_task_rate_limit_frees_its_backlog(broker: impl Broker) {
     limit(&broker, "math.add", Some(THIRTY_A_MINUTE)).await;
     enqueue(&broker, ["a", "b", "c", "d"].map(message), T0).await;
     assert_eq!(ids_of(&reserve(&broker, &["default"], 10, T0).await), ["a"]);
+    // b is booked for T0 + 2 s, c deferred to then, d to T0 + 4 s.
     limit(&broker, "math.add", None).await;
     enqueue(&broker, [message("e"), message("f")], T0 + 1).await;
     assert_eq!(
         ids_of(&reserve(&broker, &["default"], 10, T0 + 1).await),
-        ["e", "f"]
+        ["c", "d", "e", "f"]
     );
-    // b was booked for T0 + 2 s, c deferred to then, d to T0 + 4 s.
+    assert!(
+        reserve(&broker, &["default"], 10, T0 + 1999)
+            .await
+            .is_empty()
+    );
     assert_eq!(
         ids_of(&reserve(&broker, &["default"], 10, T0 + 2000).await),
-        ["b", "c"]
-    );
-    assert_eq!(
-        ids_of(&reserve(&broker, &["default"], 10, T0 + 4000).await),
-        ["d"]
+        ["b"]
     );
     assert!(
         broker
@@ -2022,6 +2027,154 @@ async fn a_retry_and_a_redelivery_take_a_slot_each(broker: impl Broker) {
     assert_eq!(
         ids_of(&reserve(&broker, &["default"], 10, expired + 2000).await),
         ["c"]
+    );
+}
+
+/// Ten a second: one slot every 100 ms, booked up to 1 s ahead.
+const TEN_A_SECOND: Rate = Rate {
+    count: 10,
+    per_ms: 1000,
+};
+
+/// One a minute: one slot every 60 s, booked up to 60 s ahead.
+const ONE_A_MINUTE: Rate = Rate {
+    count: 1,
+    per_ms: 60_000,
+};
+
+/// A worker's loop on `default` from `*now` until `until`: it asks for up to 10 at a time and,
+/// after two empty calls in a row, waits 100 ms. Returns every lease with its time.
+async fn work_until(broker: &impl Broker, now: &mut u64, until: u64) -> Vec<(String, u64)> {
+    let mut leased = Vec::new();
+    let mut empty = 0;
+    while *now < until {
+        let got = reserve(broker, &["default"], 10, *now).await;
+        if got.is_empty() {
+            empty += 1;
+            if empty == 2 {
+                empty = 0;
+                *now += 100;
+            }
+        } else {
+            empty = 0;
+            leased.extend(got.into_iter().map(|delivery| (delivery.id, *now)));
+        }
+    }
+    leased
+}
+
+fn leased_at(leased: &[(String, u64)], id: &str) -> Option<u64> {
+    leased.iter().find(|(got, _)| got == id).map(|(_, at)| *at)
+}
+
+/// 20,000 `math.add` at 10 a second, then a `math.mul` on the same queue: the backlog is
+/// deferred a batch per call, each message about when its slot could be booked (spread over
+/// the ~33 minutes it needs), so the `mul` is reached once the backlog has been looked at once
+/// (a few simulated seconds), one arriving later at once, and `add` runs at its rate meanwhile.
+async fn a_huge_limited_backlog_holds_back_no_other_task(broker: impl Broker) {
+    limit(&broker, "math.add", Some(TEN_A_SECOND)).await;
+    let messages: Vec<TaskMessage> = (0..20_000).map(|n| message(&format!("a{n}"))).collect();
+    enqueue(&broker, messages, T0).await;
+    enqueue(&broker, [call_of("m1", "mul")], T0).await;
+    let mut now = T0;
+    let mut leased = work_until(&broker, &mut now, T0 + 20_000).await;
+    let m1 = leased_at(&leased, "m1").expect("m1 is leased within 20 s");
+    assert!(m1 <= T0 + 12_000, "m1 leased at T0 + {} ms", m1 - T0);
+    enqueue(&broker, [call_of("m2", "mul")], now).await;
+    let enqueued = now;
+    leased.extend(work_until(&broker, &mut now, T0 + 40_000).await);
+    let m2 = leased_at(&leased, "m2").expect("m2 is leased");
+    assert!(m2 <= enqueued + 2000, "m2 waited {} ms", m2 - enqueued);
+    let in_window = leased
+        .iter()
+        .filter(|(id, at)| id.starts_with('a') && (T0 + 10_000..T0 + 40_000).contains(at))
+        .count();
+    assert!(
+        (270..=330).contains(&in_window),
+        "{in_window} leases of add in 30 s at 10/s"
+    );
+}
+
+/// 300 `math.add` at one a minute: once the backlog has been deferred, each message is looked
+/// at again about when its slot can be booked, not all of them every minute: after each
+/// reserve the ready set is empty, and one runs a minute.
+async fn a_slow_tasks_backlog_is_not_examined_again_and_again(broker: impl Broker) {
+    limit(&broker, "math.add", Some(ONE_A_MINUTE)).await;
+    let messages: Vec<TaskMessage> = (0..300).map(|n| message(&format!("a{n}"))).collect();
+    enqueue(&broker, messages, T0).await;
+    let mut leased = Vec::new();
+    for step in 0..=300u64 {
+        let now = T0 + step * 1000;
+        for _ in 0..3 {
+            let got = reserve(&broker, &["default"], 10, now).await;
+            leased.extend(got.into_iter().map(|delivery| delivery.id));
+            if step > 0 {
+                assert_eq!(depth(&broker, "default").await, 0, "at T0 + {step} s");
+            }
+        }
+    }
+    let expected: Vec<String> = (0..6).map(|n| format!("a{n}")).collect();
+    assert_eq!(leased, expected);
+}
+
+/// A slow limit defers a backlog far ahead; raising it brings the backlog back at once, to run
+/// at the new pace. The booked message keeps its slot; a revoked deferred one stays revoked.
+async fn raising_a_task_rate_limit_brings_its_deferred_backlog_back(broker: impl Broker) {
+    limit(&broker, "math.add", Some(ONE_A_MINUTE)).await;
+    let ids: Vec<String> = (0..50).map(|n| format!("a{n}")).collect();
+    enqueue(&broker, ids.iter().map(|id| message(id)), T0).await;
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0).await),
+        ["a0"]
+    );
+    // a1 is booked for T0 + 60 s, the others deferred, up to ~47 minutes ahead.
+    let revoked = broker.revoke("a7", false, T0 + 1).await.expect("revoke");
+    assert_eq!(revoked, Revoked::Revoked);
+    assert!(
+        reserve(&broker, &["default"], 10, T0 + 1000)
+            .await
+            .is_empty()
+    );
+    limit(&broker, "math.add", Some(TEN_A_SECOND)).await;
+    let mut now = T0 + 1000;
+    let leased = work_until(&broker, &mut now, T0 + 61_000).await;
+    let got: Vec<&str> = leased.iter().map(|(id, _)| id.as_str()).collect();
+    let mut expected: Vec<&str> = ids[2..].iter().map(String::as_str).collect();
+    expected.retain(|id| *id != "a7");
+    expected.push("a1");
+    assert_eq!(got, expected);
+    // 47 at ten a second from T0 + 1 s: the last at T0 + 5.6 s; a1 at its booked slot.
+    assert_eq!(leased[0].1, T0 + 1000);
+    assert_eq!(leased[46].1, T0 + 5600);
+    assert_eq!(leased[47].1, T0 + 60_000);
+    let record = broker.record("a7").await.expect("record").expect("exists");
+    assert_eq!((record.state, record.deliveries), (State::Revoked, 0));
+}
+
+/// Removing a slow limit: every deferred message (here more than one call of the broker moves
+/// back at a time) is ready again at once; the booked one keeps its slot.
+async fn removing_a_task_rate_limit_frees_a_far_deferred_backlog_at_once(broker: impl Broker) {
+    const N: usize = 10_050;
+    limit(&broker, "math.add", Some(ONE_A_MINUTE)).await;
+    let messages: Vec<TaskMessage> = (0..N).map(|n| message(&format!("a{n}"))).collect();
+    enqueue(&broker, messages, T0).await;
+    assert_eq!(
+        ids_of(&reserve(&broker, &["default"], 10, T0).await),
+        ["a0"]
+    );
+    while depth(&broker, "default").await > 0 {
+        assert!(reserve(&broker, &["default"], 10, T0).await.is_empty());
+    }
+    limit(&broker, "math.add", None).await;
+    assert_eq!(depth(&broker, "default").await, N - 2);
+    let got = reserve(&broker, &["default"], 1000, T0 + 1).await;
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got[0].id, "a2", "back in their places");
+    assert!(
+        reserve(&broker, &["default"], 1000, T0 + 59_999)
+            .await
+            .iter()
+            .all(|delivery| delivery.id != "a1")
     );
 }
 

@@ -442,6 +442,39 @@ impl Indexes {
     }
 }
 
+/// One rate-limited task's deferred messages: id → due time (ms), as Redis's
+/// `task-rate-deferred:<task>` zset. Stale ids (revoked, purged, expired) are skipped when
+/// used and trimmed once due, as there.
+#[derive(Debug, Default)]
+struct Deferred {
+    due: HashMap<String, u64>,
+    order: BTreeSet<(u64, String)>,
+}
+
+impl Deferred {
+    fn insert(&mut self, id: &str, due_ms: u64) {
+        if let Some(old) = self.due.insert(id.to_string(), due_ms) {
+            self.order.remove(&(old, id.to_string()));
+        }
+        self.order.insert((due_ms, id.to_string()));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.due.remove(id) {
+            self.order.remove(&(old, id.to_string()));
+        }
+    }
+
+    /// Drops the entries due before `now_ms`: they are looked at again anyway.
+    fn trim(&mut self, now_ms: u64) {
+        while self.order.first().is_some_and(|(due, _)| *due < now_ms) {
+            if let Some((_, id)) = self.order.pop_first() {
+                self.due.remove(&id);
+            }
+        }
+    }
+}
+
 /// Everything the broker holds.
 #[derive(Debug, Default)]
 struct Store {
@@ -475,9 +508,12 @@ struct Store {
     task_rates: BTreeMap<String, Rate>,
     /// Per-task time limits (ms) by `component.task` (`task-time-limits`): stored only.
     task_time_limits: BTreeMap<String, u64>,
-    /// A rate-limited task's next free slot (Unix µs, `task-rate:<task>`); a passed one is as
-    /// good as absent and is dropped.
-    task_slots: HashMap<String, u64>,
+    /// A rate-limited task's next free slot and defer cursor (Unix µs, `task-rate:<task>` and
+    /// `task-rate-defer:<task>`); passed ones are as good as absent, and dropped.
+    task_slots: HashMap<String, task_rate::Bucket>,
+    /// A rate-limited task's deferred messages (`task-rate-deferred:<task>`), so a changed
+    /// limit can bring them back; dropped with its cursor, as every one is due by then.
+    task_deferred: HashMap<String, Deferred>,
     /// The event log (`events` in Redis).
     events: EventLog,
     /// Workflow id → its tree and the tree's expiry.
@@ -570,8 +606,8 @@ impl Store {
 
     /// Whether the ready task `id` may be leased now under its task's rate limit; if not, it
     /// is moved to its delayed set, booked or deferred (`task_rate.rs`; `reserve.lua`'s
-    /// `rate_allows`). `deferred` counts the messages per task this reserve deferred.
-    fn rate_allows(&mut self, id: &str, now_ms: u64, deferred: &mut HashMap<String, u64>) -> bool {
+    /// `rate_allows`).
+    fn rate_allows(&mut self, id: &str, now_ms: u64) -> bool {
         let now_us = now_ms.saturating_mul(1000);
         let Some(task) = self.tasks.get_mut(id) else {
             return true;
@@ -593,17 +629,34 @@ impl Store {
             return true;
         };
         let queue = task.message.queue.clone();
-        self.task_slots.retain(|_, tat_us| *tat_us > now_us);
-        let tat_us = self.task_slots.get(&name).copied().unwrap_or(0);
-        let count = deferred.entry(name.clone()).or_default();
-        let (step, next_tat_us) = task_rate::step(tat_us, rate, now_ms, *count);
+        // Passed times are as good as absent (Redis expires the keys then).
+        for bucket in self.task_slots.values_mut() {
+            if bucket.tat_us <= now_us {
+                bucket.tat_us = 0;
+            }
+            if bucket.cursor_us <= now_us {
+                bucket.cursor_us = 0;
+            }
+        }
+        self.task_slots
+            .retain(|_, bucket| *bucket != task_rate::Bucket::default());
+        let slots = &self.task_slots;
+        self.task_deferred
+            .retain(|name, _| slots.get(name).is_some_and(|bucket| bucket.cursor_us > 0));
+        let bucket = self.task_slots.get(&name).copied().unwrap_or_default();
+        let (step, next) = task_rate::step(bucket, rate, now_ms);
+        self.task_slots.insert(name.clone(), next);
         match step {
             task_rate::Step::Lease => {
-                self.task_slots.insert(name, next_tat_us);
+                if let Some(deferred) = self.task_deferred.get_mut(&name) {
+                    deferred.remove(id);
+                }
                 true
             }
             task_rate::Step::Book { slot_us } => {
-                self.task_slots.insert(name, next_tat_us);
+                if let Some(deferred) = self.task_deferred.get_mut(&name) {
+                    deferred.remove(id);
+                }
                 if let Some(task) = self.tasks.get_mut(id) {
                     task.rate_slot = Some(slot_us);
                 }
@@ -616,9 +669,30 @@ impl Store {
                 false
             }
             task_rate::Step::Defer { due_ms } => {
-                *count += 1;
+                let deferred = self.task_deferred.entry(name).or_default();
+                deferred.trim(now_ms);
+                deferred.insert(id, due_ms);
                 self.move_to(id, Slot::Delayed { eta_ms: due_ms });
                 false
+            }
+        }
+    }
+
+    /// A changed rate limit's reset (`set_rate_limit.lua`): a fresh bucket and cursor, and the
+    /// task's deferred messages still waiting in their delayed sets back to their places in the
+    /// ready set.
+    fn undefer(&mut self, name: &str) {
+        self.task_slots.remove(name);
+        let Some(deferred) = self.task_deferred.remove(name) else {
+            return;
+        };
+        for (id, due_ms) in deferred.due {
+            let waiting = self
+                .tasks
+                .get(&id)
+                .is_some_and(|task| task.slot == Slot::Delayed { eta_ms: due_ms });
+            if waiting {
+                self.move_to(&id, Slot::Ready);
             }
         }
     }
@@ -1129,7 +1203,6 @@ impl Broker for MemoryBroker {
             max + task_rate::EXAMINE_EXTRA
         };
         let mut examined = 0;
-        let mut deferred = HashMap::new();
         for queue in queues {
             while deliveries.len() < max && examined < examine_limit {
                 let Some((_, id)) = store
@@ -1160,7 +1233,7 @@ impl Broker for MemoryBroker {
                     store.finish(&id, State::Revoked, Some(error), now_ms);
                     continue;
                 }
-                if !store.rate_allows(&id, now_ms, &mut deferred) {
+                if !store.rate_allows(&id, now_ms) {
                     continue;
                 }
                 deliveries.extend(store.deliver(&id, worker, lease_ms, now_ms));
@@ -1477,8 +1550,9 @@ impl Broker for MemoryBroker {
             Some(rate) => store.task_rates.insert(task.to_string(), rate),
             None => store.task_rates.remove(task),
         };
-        // A changed limit starts from a fresh bucket.
-        store.task_slots.remove(task);
+        // A changed limit starts from a fresh bucket, and the deferred backlog is looked at
+        // again under it.
+        store.undefer(task);
         Ok(())
     }
 

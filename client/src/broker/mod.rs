@@ -326,8 +326,10 @@ pub trait Broker: Send + Sync + 'static {
     /// per `rate.per_ms`, one interval apart (no burst beyond one). A message whose slot is
     /// less than a second (or one interval) ahead is booked: it waits in the delayed set until
     /// its slot and then runs without taking another; one further ahead waits there, taking
-    /// no slot, until about when one could be booked for it. Other tasks are not held back.
-    /// A changed limit starts from a fresh bucket; booked slots are kept.
+    /// no slot, until about when one could be booked for it (a backlog is spread one interval
+    /// apart, so each message is looked at about twice). Other tasks are not held back.
+    /// A changed limit starts from a fresh bucket; booked slots are kept, and messages waiting
+    /// without a slot go back to their places in the queue at once, for the new limit.
     fn set_rate_limit(
         &self,
         task: &str,

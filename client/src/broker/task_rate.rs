@@ -13,10 +13,19 @@
 //! Booking makes the rate exact however many workers reserve; deferring keeps a backlog of one
 //! limited task out of the ready set, so other tasks of the same queue are not held back.
 //!
+//! Deferred messages line up behind the task's *defer cursor* (Unix µs, kept across calls and
+//! workers): each is due at `max(cursor, slot - horizon)` and moves the cursor one interval
+//! past that. A backlog of N is so spread over about N intervals, in the order it was popped,
+//! and each message is looked at about twice: once to defer it, once near its slot. (One
+//! deferred again, because its slot went to another message, a retry say, or because workers
+//! were away, lines up behind the cursor again.) The broker indexes the deferred messages per
+//! task, so a changed limit does not leave them waiting on the old pace.
+//!
 //! Burst: none beyond one. After an idle spell the first message runs at once and the next one
-//! interval later, as Celery's rate limits do. A changed limit starts from a fresh bucket;
-//! slots already booked (at most one horizon's worth) are kept, and a booked message that is
-//! revoked, purged or expires simply leaves its slot unused.
+//! interval later, as Celery's rate limits do. A changed limit (or a removed one) starts from a
+//! fresh bucket and cursor, and the task's deferred messages go back to their places in the
+//! ready set; slots already booked (at most one horizon's worth) are kept. A booked message
+//! that is revoked, purged or expires simply leaves its slot unused.
 
 use crate::tenancy::Rate;
 
@@ -24,9 +33,9 @@ use crate::tenancy::Rate;
 /// than one a second: one interval). Far enough that a booked message is on time, short
 /// enough that a changed limit or a new higher-priority message waits at most this long.
 pub(crate) const HORIZON_MIN_US: u64 = 1_000_000;
-/// Longest a deferred message stays away before it is looked at again, so that a raised or
-/// removed limit reaches a slow task's backlog within a minute.
-pub(crate) const MAX_DEFER_MS: u64 = 60_000;
+/// Most deferred messages one `set_rate_limit` step moves back to the ready set: a larger
+/// backlog takes several steps (Redis: script calls), each bounded.
+pub(crate) const UNDEFER_CHUNK: usize = 10_000;
 /// How far past its promoter's clock a booked slot may be and still be leased: a worker whose
 /// clock is a little behind the booker's may promote and pop it.
 pub(crate) const SLOT_TOLERANCE_US: u64 = 100_000;
@@ -72,23 +81,42 @@ pub(crate) enum Step {
     Defer { due_ms: u64 },
 }
 
-/// One message's step, given its task's bucket (`tat_us`: 0 when absent or idle) and how
-/// many of the task's messages this same reserve already deferred (each deferred one after
-/// the other is expected a slot later). Returns the step and the bucket's new TAT.
-pub(crate) fn step(tat_us: u64, rate: Rate, now_ms: u64, deferred: u64) -> (Step, u64) {
+/// A limited task's state: its bucket's next free slot (`tat_us`) and its defer cursor
+/// (`cursor_us`, the earliest due time of its next deferred message), both Unix µs; 0 when
+/// absent. Passed times are as good as absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Bucket {
+    pub(crate) tat_us: u64,
+    pub(crate) cursor_us: u64,
+}
+
+/// One message's step, given its task's bucket. Returns the step and the bucket's new state.
+pub(crate) fn step(bucket: Bucket, rate: Rate, now_ms: u64) -> (Step, Bucket) {
     let (interval, horizon) = params(rate);
     let now = now_ms.saturating_mul(1000);
-    let slot = tat_us.max(now);
+    let slot = bucket.tat_us.max(now);
+    let taken = Bucket {
+        tat_us: slot + interval,
+        ..bucket
+    };
     if slot == now {
-        return (Step::Lease, slot + interval);
+        return (Step::Lease, taken);
     }
     if slot - now <= horizon {
-        return (Step::Book { slot_us: slot }, slot + interval);
+        return (Step::Book { slot_us: slot }, taken);
     }
-    // When a slot could first be booked for it, if every message deferred before it took one.
-    let bookable = slot + deferred.saturating_mul(interval) - horizon;
-    let due_ms = due_ms(bookable).min(now_ms + MAX_DEFER_MS);
-    (Step::Defer { due_ms }, tat_us)
+    // When a slot could first be booked for it, behind the task's messages deferred before.
+    let bookable = bucket.cursor_us.max(slot - horizon);
+    let deferred = Bucket {
+        cursor_us: bookable + interval,
+        ..bucket
+    };
+    (
+        Step::Defer {
+            due_ms: due_ms(bookable),
+        },
+        deferred,
+    )
 }
 
 /// The delayed-set due time of a slot: its millisecond, rounded up, so that a message promoted
@@ -138,11 +166,12 @@ mod tests {
     #[test]
     fn slots_are_one_interval_apart_booked_within_the_horizon_then_deferred() {
         // Idle bucket: the first runs now, the next ten are booked 100 ms apart (the tenth
-        // exactly one second ahead), the one after is deferred until its slot is bookable.
-        let (first, mut tat) = step(0, TEN_A_SECOND, NOW, 0);
+        // exactly one second ahead), the ones after are deferred until their slots are
+        // bookable, one interval apart, across calls.
+        let (first, mut bucket) = step(Bucket::default(), TEN_A_SECOND, NOW);
         assert_eq!(first, Step::Lease);
         for n in 1..=10 {
-            let (got, next) = step(tat, TEN_A_SECOND, NOW, 0);
+            let (got, next) = step(bucket, TEN_A_SECOND, NOW);
             assert_eq!(
                 got,
                 Step::Book {
@@ -150,36 +179,66 @@ mod tests {
                 },
                 "#{n}"
             );
-            tat = next;
+            bucket = next;
         }
-        assert_eq!(tat, (NOW + 1100) * 1000);
-        let check = |deferred: u64, due: u64| {
+        assert_eq!(bucket.tat_us, (NOW + 1100) * 1000);
+        for n in 1..=50 {
+            let (got, next) = step(bucket, TEN_A_SECOND, NOW);
             assert_eq!(
-                step(tat, TEN_A_SECOND, NOW, deferred),
-                (Step::Defer { due_ms: due }, tat),
-                "deferred {deferred}"
+                got,
+                Step::Defer {
+                    due_ms: NOW + 100 * n
+                },
+                "#{n}"
             );
+            assert_eq!(
+                next.tat_us, bucket.tat_us,
+                "a deferred message takes no slot"
+            );
+            bucket = next;
+        }
+        // A later call continues behind them.
+        assert_eq!(
+            step(bucket, TEN_A_SECOND, NOW + 50).0,
+            Step::Defer { due_ms: NOW + 5100 }
+        );
+        // A stale cursor does not hold one back: due when its slot is bookable.
+        let stale = Bucket {
+            tat_us: (NOW + 3000) * 1000,
+            cursor_us: 5,
         };
-        check(0, NOW + 100);
-        check(1, NOW + 200);
-        check(50, NOW + 5100);
-        // A slow task's backlog is looked at again within a minute.
+        assert_eq!(
+            step(stale, TEN_A_SECOND, NOW).0,
+            Step::Defer { due_ms: NOW + 2000 }
+        );
+        // A slow task's backlog is spread one interval apart, however far ahead.
         let hourly = Rate {
             count: 1,
             per_ms: 3_600_000,
         };
-        let busy = (NOW + 7_200_000) * 1000;
+        let busy = Bucket {
+            tat_us: (NOW + 7_200_000) * 1000,
+            cursor_us: 0,
+        };
+        let (got, next) = step(busy, hourly, NOW);
         assert_eq!(
-            step(busy, hourly, NOW, 0),
-            (
-                Step::Defer {
-                    due_ms: NOW + MAX_DEFER_MS
-                },
-                busy
-            )
+            got,
+            Step::Defer {
+                due_ms: NOW + 3_600_000
+            }
+        );
+        assert_eq!(
+            step(next, hourly, NOW).0,
+            Step::Defer {
+                due_ms: NOW + 7_200_000
+            }
         );
         // A past TAT is an idle bucket.
-        assert_eq!(step(1, TEN_A_SECOND, NOW, 0).0, Step::Lease);
+        let idle = Bucket {
+            tat_us: 1,
+            cursor_us: 0,
+        };
+        assert_eq!(step(idle, TEN_A_SECOND, NOW).0, Step::Lease);
     }
 
     #[test]

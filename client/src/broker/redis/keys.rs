@@ -28,6 +28,12 @@
 //! | `task-rates`          | hash   | task (`component.task`) → its rate limit, `N/ms` text   |
 //! | `task-time-limits`    | hash   | task → its time limit (ms), set at run time             |
 //! | `task-rate:<task>`    | string | a rate-limited task's next free slot (Unix µs), w/ TTL  |
+//! | `task-rate-defer:<task>` | string | its defer cursor: the next deferred message's     |
+//! |                       |        | earliest due time (Unix µs), with a TTL                 |
+//! | `task-rate-deferred:<task>` | zset | its deferred messages, score = due (Unix ms),    |
+//! |                       |        | with a TTL (see `scripts/reserve.lua`)                  |
+//! | `task-rate-undefer:<task>` | zset | deferred messages a changed limit is moving back  |
+//! |                       |        | to their ready sets (`scripts/set_rate_limit.lua`)      |
 //! | `events`              | stream | the event log: task and worker events (fields: `type`,  |
 //! |                       |        | `id`, `state`, `at_ms`, `task`, `worker`, `attempt`,    |
 //! |                       |        | `error`, `progress`), capped with `MAXLEN ~ <cap>`      |
@@ -210,6 +216,21 @@ impl Keys {
         self.key(&format!("task-rate:{task}"))
     }
 
+    /// A rate-limited task's defer cursor (the reserve script derives it from the prefix).
+    pub fn task_rate_defer(&self, task: &str) -> String {
+        self.key(&format!("task-rate-defer:{task}"))
+    }
+
+    /// A rate-limited task's deferred messages (id → due ms), written by the reserve script.
+    pub fn task_rate_deferred(&self, task: &str) -> String {
+        self.key(&format!("task-rate-deferred:{task}"))
+    }
+
+    /// A task's deferred messages being moved back after its limit changed.
+    pub fn task_rate_undefer(&self, task: &str) -> String {
+        self.key(&format!("task-rate-undefer:{task}"))
+    }
+
     /// Run-time schedule entries (`wtq schedule add`).
     pub fn schedules(&self) -> String {
         self.key("schedules")
@@ -315,6 +336,18 @@ mod tests {
         check(keys.task_rates(), "wtq:{blue}:task-rates");
         check(keys.task_time_limits(), "wtq:{blue}:task-time-limits");
         check(keys.task_rate("math.add"), "wtq:{blue}:task-rate:math.add");
+        check(
+            keys.task_rate_defer("math.add"),
+            "wtq:{blue}:task-rate-defer:math.add",
+        );
+        check(
+            keys.task_rate_deferred("math.add"),
+            "wtq:{blue}:task-rate-deferred:math.add",
+        );
+        check(
+            keys.task_rate_undefer("math.add"),
+            "wtq:{blue}:task-rate-undefer:math.add",
+        );
         check(keys.events_on(), "wtq:{blue}:events-on");
         check(keys.events(), "wtq:{blue}:events");
         // A brace in an id cannot move a key to another slot: only the first `{...}` counts.

@@ -139,6 +139,7 @@ struct Scripts {
     put_component: Script,
     watch: Script,
     rate: Script,
+    set_rate_limit: Script,
 }
 
 impl Scripts {
@@ -160,6 +161,7 @@ impl Scripts {
             put_component: script(include_str!("scripts/put_component.lua")),
             watch: script(include_str!("scripts/watch.lua")),
             rate: script(include_str!("scripts/rate.lua")),
+            set_rate_limit: script(include_str!("scripts/set_rate_limit.lua")),
         }
     }
 }
@@ -1035,19 +1037,29 @@ impl Broker for RedisBroker {
 
     async fn set_rate_limit(&self, task: &str, rate: Option<Rate>) -> Result<(), Error> {
         let keys = self.keys();
-        // One transaction: the limit and a fresh bucket change together.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match rate {
-            Some(rate) => pipe
-                .hset(keys.task_rates(), task, task_rate::encode(rate))
-                .ignore(),
-            None => pipe.hdel(keys.task_rates(), task).ignore(),
-        };
-        pipe.del(keys.task_rate(task)).ignore();
-        pipe.query_async::<()>(&mut self.inner.shared.commands.clone())
-            .await
-            .map_err(|error| self.failed(error))
+        // The first call changes the limit, resets the bucket and the cursor, and starts
+        // moving the deferred backlog back, atomically; the others move the rest, a bounded
+        // chunk per call.
+        let mut mode = if rate.is_some() { "set" } else { "del" };
+        loop {
+            let mut call = self.scripts().set_rate_limit.key(keys.task_rates());
+            call.key(keys.task_rate(task))
+                .key(keys.task_rate_defer(task))
+                .key(keys.task_rate_deferred(task))
+                .key(keys.task_rate_undefer(task))
+                .arg(keys.prefix())
+                .arg(task)
+                .arg(mode)
+                .arg(task_rate::UNDEFER_CHUNK);
+            if let Some(rate) = rate {
+                call.arg(task_rate::encode(rate));
+            }
+            let left: u64 = self.run(&call).await?;
+            if left == 0 {
+                return Ok(());
+            }
+            mode = "drain";
+        }
     }
 
     async fn set_time_limit(&self, task: &str, limit_ms: Option<u64>) -> Result<(), Error> {

@@ -12,10 +12,15 @@
 -- moves the TAT one interval on: a slot that is now is leased; one within the horizon
 -- (max(1 s, interval) ahead) is booked: the message goes to its delayed set due at the slot,
 -- with the slot in its `rate_slot` field, and is leased without another slot once promoted;
--- one further ahead is deferred: back to the delayed set, taking nothing, until about when a
--- slot could be booked for it. A call then examines at most `max` + 100 messages, so a queue
--- full of limited messages costs one batch, not the whole queue, and other tasks behind them
--- are reached. A booked message that is revoked, purged or expires leaves its slot unused.
+-- one further ahead is deferred: back to the delayed set, taking nothing, due at
+-- max(cursor, slot - horizon), where the cursor `task-rate-defer:<task>` (Unix us) then moves
+-- one interval past that, so a backlog is spread one interval apart across calls and
+-- workers. Deferred ids are indexed in `task-rate-deferred:<task>` (zset, id -> due ms; ids
+-- leave it when leased or booked, and once due) for `set_rate_limit.lua`. The cursor and the
+-- index expire when the cursor has passed, the bucket when its TAT has. A call examines at
+-- most `max` + 100 messages, so a queue full of limited messages costs one batch, not the
+-- whole queue, and other tasks behind them are reached. A booked message that is revoked,
+-- purged or expires leaves its slot unused.
 --
 -- KEYS[1]  the `fence` counter
 -- KEYS[2]  `leases`
@@ -90,13 +95,13 @@ end
 
 -- Rate limits (see the header; constants as in task_rate.rs). One HLEN per call without any.
 local rates_on = redis.call('HLEN', KEYS[5]) > 0
-local HORIZON_MIN_US, MAX_DEFER_MS, EXAMINE_EXTRA = 1000000, 60000, 100
+local HORIZON_MIN_US, EXAMINE_EXTRA = 1000000, 100
 local SLOT_TOLERANCE_US = 100000
 local now_us = now * 1000
 local limits = {}   -- task -> { interval, horizon } or false, read once per call
 local buckets = {}  -- task -> TAT (us), read once per call
 local moved = {}    -- task -> true once this call took a slot of it (its TAT is written back)
-local deferred = {} -- task -> its messages deferred by this call
+local cursors = {}  -- task -> defer cursor (us), read once per call when one is deferred
 local booked = {}   -- queue -> true when a message was booked there
 
 local function limit_of(name)
@@ -150,22 +155,27 @@ local function rate_allows(key, id, queue, body, rate_slot)
     tat = tonumber(redis.call('GET', prefix .. 'task-rate:' .. name) or '0') or 0
   end
   local slot = math.max(tat, now_us)
-  if slot == now_us then
-    buckets[name], moved[name] = slot + interval, true
-    return true
-  end
   if slot - now_us <= horizon then
     buckets[name], moved[name] = slot + interval, true
+    redis.call('ZREM', prefix .. 'task-rate-deferred:' .. name, id)
+    if slot == now_us then
+      return true
+    end
     redis.call('HSET', key, 'rate_slot', string.format('%d', slot))
     redis.call('ZADD', prefix .. 'delayed:' .. queue, due_of(slot), id)
     booked[queue] = true
     return false
   end
   buckets[name] = tat
-  local k = deferred[name] or 0
-  deferred[name] = k + 1
-  local due = math.min(math.ceil((slot + k * interval - horizon) / 1000), now + MAX_DEFER_MS)
-  redis.call('ZADD', prefix .. 'delayed:' .. queue, string.format('%d', due), id)
+  local cursor = cursors[name]
+  if cursor == nil then
+    cursor = tonumber(redis.call('GET', prefix .. 'task-rate-defer:' .. name) or '0') or 0
+  end
+  local bookable = math.max(cursor, slot - horizon)
+  cursors[name] = bookable + interval
+  local due = due_of(bookable)
+  redis.call('ZADD', prefix .. 'delayed:' .. queue, due, id)
+  redis.call('ZADD', prefix .. 'task-rate-deferred:' .. name, due, id)
   return false
 end
 
@@ -207,6 +217,15 @@ for name in pairs(moved) do
     redis.call('SET', prefix .. 'task-rate:' .. name, string.format('%d', tat), 'PX',
       string.format('%d', math.max(math.ceil((tat - now_us) / 1000), 1)))
   end
+end
+-- Cursors and indexes likewise; index entries already due are dropped (they are looked at
+-- again anyway), so ids of messages revoked, purged or expired while deferred do not pile up.
+for name, cursor in pairs(cursors) do
+  local ttl = string.format('%d', math.max(math.ceil((cursor - now_us) / 1000), 1))
+  local index = prefix .. 'task-rate-deferred:' .. name
+  redis.call('SET', prefix .. 'task-rate-defer:' .. name, string.format('%d', cursor), 'PX', ttl)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now_ms)
+  redis.call('PEXPIRE', index, ttl)
 end
 -- Workers waiting for work learn of the new due time (they wait until the earliest one).
 for queue in pairs(booked) do
