@@ -325,3 +325,59 @@ async fn a_second_signal_turns_a_warm_shutdown_cold() {
     assert!(log.contains("SIGQUIT: cold shutdown"), "{log}");
     assert_eq!(state(&cluster, &long).await, State::Pending);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serving_every_tenant_answers_for_all_of_them() {
+    use wtq_client::broker::Tenancy;
+    use wtq_client::tenancy::{Quotas, Tenant, namespace_of};
+    let mut cluster = Cluster::start();
+    let root = wtq_client::connect(&cluster.url()).await.expect("connect");
+    let tenant = Tenant {
+        name: "acme".into(),
+        created_ms: wtq_client::message::now_ms(),
+        quotas: Quotas::default(),
+    };
+    root.put_tenant(&tenant).await.expect("put tenant");
+    let acme = format!("{}?namespace={}", cluster.url(), namespace_of("acme"));
+    let path = crate::support::guest("chaos");
+    let deploy =
+        cluster
+            .wtq
+            .command(["deploy", path.to_str().expect("utf-8 path"), "--url", &acme]);
+    assert_eq!(deploy.code, 0, "{}", deploy.stderr);
+    let worker = cluster.worker("multi", &["--tenants", "-c", "2", "--max-concurrency", "3"]);
+    let call = cluster
+        .wtq
+        .command(["call", "chaos.sleep", "[4000]", "--url", &acme]);
+    assert_eq!(call.code, 0, "{}", call.stderr);
+    let id = call.stdout.trim().to_string();
+
+    eventually(
+        "the tenant's sleep to show as active",
+        Duration::from_secs(20),
+        || {
+            try_ask(&cluster, &["inspect", "active"]).is_some_and(|active| {
+                active["multi"]
+                    .as_array()
+                    .is_some_and(|tasks| tasks.iter().any(|task| task["id"] == json!(id)))
+            })
+        },
+    );
+    let active = ask(&cluster, &["inspect", "active"]);
+    assert_eq!(active["multi"][0]["tenant"], "acme");
+    let stats = ask(&cluster, &["inspect", "stats"]);
+    assert_eq!(stats["multi"]["tenants"], 1);
+    assert_eq!(stats["multi"]["running"], 1);
+    let grown = ask(&cluster, &["control", "pool-grow"]);
+    assert_eq!(grown, json!({"multi": {"concurrency": 3}}));
+    let refused = cluster.cmd(&["inspect", "registered"]);
+    assert_eq!(refused.code, 2, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("registered is per tenant"),
+        "{}",
+        refused.stdout
+    );
+    ask(&cluster, &["control", "shutdown", "-d", "multi"]);
+    let (code, log) = cluster.wait_exit(worker, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{log}");
+}

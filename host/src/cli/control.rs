@@ -179,7 +179,7 @@ async fn broadcast(broker: &AnyBroker, command: Command, target: &Target) -> Res
         return Err(Failure::new(
             exit::UNAVAILABLE,
             format!(
-                "{whom} replied within {} (is a `wtq worker` running against this --url? workers started with --tenants do not answer; raise --timeout for busy workers)",
+                "{whom} replied within {} (is a `wtq worker` running against this --url? a --tenants worker answers on its root URL; raise --timeout for busy workers)",
                 units::format_duration(target.timeout)
             ),
         ));

@@ -97,9 +97,9 @@ pub fn worker(args: WorkerArgs) -> Result<u8, Failure> {
             "--autoscale maximum {highest} is too high: use at most {MAX_CONCURRENCY}"
         )));
     }
-    if args.tenants && (args.autoscale.is_some() || args.max_concurrency.is_some()) {
+    if args.tenants && args.autoscale.is_some() {
         return Err(usage(
-            "--autoscale and --max-concurrency are not available with --tenants yet; use --concurrency".into(),
+            "--autoscale is not available with --tenants yet; use --concurrency (and control pool-grow/pool-shrink)".into(),
         ));
     }
     let limits = args.limits.limits().map_err(usage)?;

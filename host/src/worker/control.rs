@@ -1,7 +1,9 @@
 //! A worker's side of `wtq inspect` and `wtq control`: it hears every request broadcast to
-//! its namespace, acts on those addressed to it (or to every worker), and replies.
+//! its namespace, acts on those addressed to it (or to every worker), and replies. A
+//! multi-tenant worker listens on its root namespace and answers for all its tenants' lanes;
+//! what belongs to one tenant's namespace (its registry, its delayed tasks) it does not list.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -9,16 +11,37 @@ use wtq_client::broker::control::{Command, ControlReply, ReplyOutcome};
 use wtq_client::broker::{Broker, Control};
 
 use super::autoscale::{Bounds, process_cpu_time};
-use super::{Held, Lane, MAX_BACKOFF, Stage, advance};
+use super::{Held, Lane, MAX_BACKOFF, Process, Stage, advance};
 
 /// Longest arguments shown by `inspect active`/`reserved`; longer ones are cut.
 const MAX_ARGS_SHOWN: usize = 1024;
 
-/// Answers control requests until aborted.
-pub(super) async fn listen<B: Broker + Control + Clone>(lane: Arc<Lane<B>>) {
+/// What a listener answers for.
+pub(super) enum Scope<B> {
+    /// A single-namespace worker's one lane.
+    One(Arc<Lane<B>>),
+    /// A multi-tenant worker: the lanes it serves now (kept current by `run_tenants`).
+    Tenants(Arc<Mutex<Vec<Arc<Lane<B>>>>>),
+}
+
+impl<B> Scope<B> {
+    fn lanes(&self) -> Vec<Arc<Lane<B>>> {
+        match self {
+            Scope::One(lane) => vec![lane.clone()],
+            Scope::Tenants(lanes) => lanes.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+}
+
+/// Answers the control requests broadcast on `broker`'s namespace until aborted.
+pub(super) async fn listen<B: Broker + Control + Clone>(
+    process: Arc<Process>,
+    broker: B,
+    scope: Scope<B>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut requests = match lane.broker.control_requests().await {
+        let mut requests = match broker.control_requests().await {
             Ok(requests) => requests,
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for control requests; retrying");
@@ -27,13 +50,13 @@ pub(super) async fn listen<B: Broker + Control + Clone>(lane: Arc<Lane<B>>) {
                 continue;
             }
         };
-        let name = &lane.process.config.name;
+        let name = &process.config.name;
         while let Some(request) = requests.recv().await {
             if !request.is_for(name) {
                 continue;
             }
             tracing::info!(request = %request.id, command = ?request.command, "control request");
-            let outcome = match answer(&lane, &request.command).await {
+            let outcome = match answer(&process, &scope, &request.command).await {
                 Ok(value) => ReplyOutcome::Ok(value),
                 Err(message) => ReplyOutcome::Error(message),
             };
@@ -42,7 +65,7 @@ pub(super) async fn listen<B: Broker + Control + Clone>(lane: Arc<Lane<B>>) {
                 worker: name.clone(),
                 outcome,
             };
-            if let Err(error) = lane.broker.reply(&reply).await {
+            if let Err(error) = broker.reply(&reply).await {
                 tracing::warn!(%error, "cannot send a control reply");
             }
         }
@@ -51,22 +74,33 @@ pub(super) async fn listen<B: Broker + Control + Clone>(lane: Arc<Lane<B>>) {
 
 /// Carries out one command; `Err` is the reason it could not, for the reply.
 async fn answer<B: Broker + Control + Clone>(
-    lane: &Lane<B>,
+    process: &Process,
+    scope: &Scope<B>,
     command: &Command,
 ) -> Result<Value, String> {
-    let process = &lane.process;
+    let per_tenant = |what: &str| {
+        format!(
+            "{what} is per tenant and this worker serves every tenant (--tenants): read it with the tenant's own URL"
+        )
+    };
     match command {
         Command::Ping => Ok(json!("pong")),
-        Command::Active => Ok(held(lane, true)),
-        Command::Reserved => Ok(held(lane, false)),
-        Command::Scheduled => scheduled(lane).await,
-        Command::Stats => Ok(stats(lane)),
-        Command::Registered => registered(lane).await,
+        Command::Active => Ok(held(&scope.lanes(), true)),
+        Command::Reserved => Ok(held(&scope.lanes(), false)),
+        Command::Scheduled => match scope {
+            Scope::One(lane) => scheduled(lane).await,
+            Scope::Tenants(_) => Err(per_tenant("scheduled")),
+        },
+        Command::Stats => Ok(stats(process, scope)),
+        Command::Registered => match scope {
+            Scope::One(lane) => registered(lane).await,
+            Scope::Tenants(_) => Err(per_tenant("registered")),
+        },
         Command::Shutdown => {
             advance(&process.stop, Stage::Warm);
             Ok(json!({"shutdown": "warm"}))
         }
-        Command::PoolGrow { n } => resize(lane, process.pool.size().saturating_add(*n)),
+        Command::PoolGrow { n } => resize(process, process.pool.size().saturating_add(*n)),
         Command::PoolShrink { n } => {
             let size = process.pool.size();
             if *n >= size {
@@ -74,8 +108,12 @@ async fn answer<B: Broker + Control + Clone>(
                     "pool-shrink {n}: the pool has {size} slots and keeps at least 1"
                 ));
             }
-            resize(lane, size - n)
+            resize(process, size - n)
         }
+        Command::Autoscale { .. } if matches!(scope, Scope::Tenants(_)) => Err(
+            "autoscale is not available on a --tenants worker yet; use pool-grow/pool-shrink"
+                .to_string(),
+        ),
         Command::Autoscale { max, min } => {
             let bounds = Bounds {
                 max: *max,
@@ -133,7 +171,9 @@ async fn answer<B: Broker + Control + Clone>(
             Ok(json!({"queues": *queues}))
         }
         Command::PoliciesChanged => {
-            lane.policies.changed();
+            for lane in scope.lanes() {
+                lane.policies.changed();
+            }
             Ok(json!("ok"))
         }
     }
@@ -141,8 +181,7 @@ async fn answer<B: Broker + Control + Clone>(
 
 /// Resizes the pool. With the autoscaler on, its bounds widen to the new size (as Celery's
 /// `force_scale_up`/`down` do), or it would undo the resize within a second.
-fn resize<B>(lane: &Lane<B>, target: usize) -> Result<Value, String> {
-    let process = &lane.process;
+fn resize(process: &Process, target: usize) -> Result<Value, String> {
     let mut autoscale = process
         .autoscale
         .lock()
@@ -166,17 +205,27 @@ fn resize<B>(lane: &Lane<B>, target: usize) -> Result<Value, String> {
     }
 }
 
-/// The held deliveries that have started (`active`) or not (`reserved`), oldest first.
-fn held<B>(lane: &Lane<B>, started: bool) -> Value {
-    let held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut tasks: Vec<(&String, &Held)> = held
+/// The held deliveries that have started (`active`) or not (`reserved`), oldest first; with
+/// their tenant on a multi-tenant worker.
+fn held<B>(lanes: &[Arc<Lane<B>>], started: bool) -> Value {
+    let guards: Vec<_> = lanes
         .iter()
-        .filter(|(_, held)| held.started_ms.is_some() == started)
+        .map(|lane| {
+            (
+                lane.tenant.as_str(),
+                lane.held.lock().unwrap_or_else(PoisonError::into_inner),
+            )
+        })
         .collect();
-    tasks.sort_by_key(|(_, held)| (held.started_ms, held.received_ms));
+    let mut tasks: Vec<(&str, &String, &Held)> = guards
+        .iter()
+        .flat_map(|(tenant, held)| held.iter().map(move |(id, held)| (*tenant, id, held)))
+        .filter(|(_, _, held)| held.started_ms.is_some() == started)
+        .collect();
+    tasks.sort_by_key(|(_, _, held)| (held.started_ms, held.received_ms));
     let tasks: Vec<Value> = tasks
         .into_iter()
-        .map(|(id, held)| {
+        .map(|(tenant, id, held)| {
             let mut args = held.args.clone();
             if args.len() > MAX_ARGS_SHOWN {
                 let mut cut = MAX_ARGS_SHOWN;
@@ -186,31 +235,43 @@ fn held<B>(lane: &Lane<B>, started: bool) -> Value {
                 args.truncate(cut);
                 args.push('…');
             }
-            json!({
+            let mut task = json!({
                 "id": id,
                 "task": held.task,
                 "args": args,
                 "attempt": held.attempt,
                 "received_ms": held.received_ms,
                 "started_ms": held.started_ms,
-            })
+            });
+            if !tenant.is_empty() {
+                task["tenant"] = json!(tenant);
+            }
+            task
         })
         .collect();
     Value::Array(tasks)
 }
 
-fn stats<B>(lane: &Lane<B>) -> Value {
-    let process = &lane.process;
+fn stats<B>(process: &Process, scope: &Scope<B>) -> Value {
     let summary = process.counts.summary();
     let autoscale = *process
         .autoscale
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let running = {
-        let held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.values()
-            .filter(|held| held.started_ms.is_some())
-            .count()
+    let lanes = scope.lanes();
+    let running: usize = lanes
+        .iter()
+        .map(|lane| {
+            let held = lane.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.values()
+                .filter(|held| held.started_ms.is_some())
+                .count()
+        })
+        .sum();
+    let reserved: usize = lanes.iter().map(|lane| lane.waiting()).sum();
+    let tenants = match scope {
+        Scope::One(_) => None,
+        Scope::Tenants(_) => Some(lanes.len()),
     };
     json!({
         "name": process.config.name,
@@ -225,7 +286,8 @@ fn stats<B>(lane: &Lane<B>) -> Value {
             "prefetch_multiplier": process.config.prefetch_multiplier,
         },
         "running": running,
-        "reserved": lane.waiting(),
+        "reserved": reserved,
+        "tenants": tenants,
         "total": {
             "succeeded": summary.succeeded,
             "failed": summary.failed,

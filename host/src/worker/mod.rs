@@ -277,7 +277,11 @@ where
         "worker started"
     );
     let (lane, mut parts) = Lane::start(&process, broker, String::new(), sandbox);
-    parts.0.push(tokio::spawn(control::listen(lane.clone())));
+    parts.0.push(tokio::spawn(control::listen(
+        process.clone(),
+        lane.broker.clone(),
+        control::Scope::One(lane.clone()),
+    )));
     parts.0.push(tokio::spawn(autoscale::run(lane.clone())));
     let shutdown = reached(process.stop.subscribe(), Stage::Warm);
     tokio::pin!(shutdown);

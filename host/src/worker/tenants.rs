@@ -3,14 +3,15 @@
 //! its running calls finish (drained warmly) before its lane goes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use wtq_client::broker::{Broker, Tenancy};
+use wtq_client::broker::{Broker, Control, Tenancy};
 use wtq_client::tenancy::{Tenant, namespace_of};
 
+use super::control::{self, Scope};
 use super::metrics::{self, Depths};
 use super::{Lane, Parts, Process, Stage, Summary, WorkerConfig, fetch, reached, shut_down};
 use crate::sandbox::Sandbox;
@@ -53,7 +54,7 @@ pub async fn run_tenants<B>(
     stop: watch::Sender<Stage>,
 ) -> Summary
 where
-    B: Broker + Tenancy + Clone,
+    B: Broker + Tenancy + Control + Clone,
 {
     let process = Process::new(config, compute, true, stop);
     let shutdown = reached(process.stop.subscribe(), Stage::Warm);
@@ -67,6 +68,13 @@ where
     );
     let mut serving: HashMap<String, Served<B>> = HashMap::new();
     let mut draining: Vec<Served<B>> = Vec::new();
+    // Control requests come on the root namespace; they are answered for every lane.
+    let lanes: Arc<Mutex<Vec<Arc<Lane<B>>>>> = Arc::default();
+    let controller = tokio::spawn(control::listen(
+        process.clone(),
+        root.clone(),
+        Scope::Tenants(lanes.clone()),
+    ));
     tokio::pin!(shutdown);
     let mut refresh = tokio::time::interval(TENANT_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -99,6 +107,11 @@ where
             }
             !done
         });
+        *lanes.lock().unwrap_or_else(PoisonError::into_inner) = serving
+            .values()
+            .chain(&draining)
+            .map(|served| served.lane.clone())
+            .collect();
     }
 
     let mut all: Vec<Served<B>> = serving.into_values().chain(draining).collect();
@@ -115,6 +128,7 @@ where
     for served in all {
         served.parts.abort();
     }
+    controller.abort();
     if let Some(endpoint) = endpoint {
         endpoint.abort();
     }
