@@ -24,6 +24,11 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// The bounds, if 1 <= `min` <= `max`.
+    pub fn new(max: usize, min: usize) -> Option<Bounds> {
+        (1..=max).contains(&min).then_some(Bounds { max, min })
+    }
+
     /// `MAX,MIN` (as Celery's `--autoscale=10,3`), or `MAX` alone for a minimum of 1.
     pub fn parse(text: &str) -> Result<Bounds, String> {
         let bad = || format!("autoscale `{text}`: use MAX,MIN with 1 <= MIN <= MAX, e.g. 10,3");
@@ -33,10 +38,10 @@ impl Bounds {
             Some(n) => n.parse().map_err(|_| bad())?,
             None => 1,
         };
-        if parts.next().is_some() || min == 0 || min > max {
+        if parts.next().is_some() {
             return Err(bad());
         }
-        Ok(Bounds { max, min })
+        Bounds::new(max, min).ok_or_else(bad)
     }
 }
 

@@ -115,16 +115,10 @@ async fn answer<B: Broker + Control + Clone>(
                 .to_string(),
         ),
         Command::Autoscale { max, min } => {
-            let bounds = Bounds {
-                max: *max,
-                min: *min,
-            };
+            let bounds = Bounds::new(*max, *min).ok_or_else(|| {
+                format!("autoscale {max},{min}: use MAX,MIN with 1 <= MIN <= MAX")
+            })?;
             let limit = process.pool.limit();
-            if bounds.min == 0 || bounds.min > bounds.max {
-                return Err(format!(
-                    "autoscale {bounds}: use MAX,MIN with 1 <= MIN <= MAX"
-                ));
-            }
             if bounds.max > limit {
                 return Err(format!(
                     "autoscale {bounds}: this worker has room for at most {limit} slots (start it with a higher --max-concurrency)"
@@ -222,11 +216,19 @@ fn held<B>(lanes: &[Arc<Lane<B>>], started: bool) -> Value {
         .flat_map(|(tenant, held)| held.iter().map(move |(id, held)| (*tenant, id, held)))
         .filter(|(_, _, held)| held.started_ms.is_some() == started)
         .collect();
-    tasks.sort_by_key(|(_, _, held)| (held.started_ms, held.received_ms));
+    tasks.sort_by_key(|(_, _, held)| (held.started_ms, held.delivery.received_ms));
     let tasks: Vec<Value> = tasks
         .into_iter()
         .map(|(tenant, id, held)| {
-            let mut args = held.args.clone();
+            let delivery = &held.delivery;
+            // An undecodable message is dead-lettered at once; it shows without a task.
+            let (task, mut args) = match &delivery.message {
+                Ok(message) => (
+                    format!("{}.{}", message.component, message.task),
+                    message.args.clone(),
+                ),
+                Err(_) => (String::new(), String::new()),
+            };
             if args.len() > MAX_ARGS_SHOWN {
                 let mut cut = MAX_ARGS_SHOWN;
                 while !args.is_char_boundary(cut) {
@@ -237,10 +239,10 @@ fn held<B>(lanes: &[Arc<Lane<B>>], started: bool) -> Value {
             }
             let mut task = json!({
                 "id": id,
-                "task": held.task,
+                "task": task,
                 "args": args,
-                "attempt": held.attempt,
-                "received_ms": held.received_ms,
+                "attempt": delivery.attempt,
+                "received_ms": delivery.received_ms,
                 "started_ms": held.started_ms,
             });
             if !tenant.is_empty() {

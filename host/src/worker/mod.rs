@@ -177,11 +177,8 @@ enum StopReason {
 /// A delivery this worker holds.
 struct Held {
     token: u64,
-    /// `component.task`, and the arguments, for `inspect active`/`reserved`.
-    task: String,
-    args: String,
-    attempt: u32,
-    received_ms: u64,
+    /// Shared with its execution; `inspect active`/`reserved` read the task from it.
+    delivery: Arc<Delivery>,
     stop: watch::Sender<bool>,
     reason: Option<StopReason>,
     started_ms: Option<u64>,
@@ -615,19 +612,10 @@ fn start<B: Broker + Clone>(
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&delivery.id)
         || delivery.terminating;
-    let (task, args) = match &delivery.message {
-        Ok(message) => (
-            format!("{}.{}", message.component, message.task),
-            message.args.clone(),
-        ),
-        Err(_) => (String::new(), String::new()),
-    };
+    let delivery = Arc::new(delivery);
     let held = Held {
         token: delivery.token,
-        task,
-        args,
-        attempt: delivery.attempt,
-        received_ms: delivery.received_ms,
+        delivery: delivery.clone(),
         stop,
         reason: early.then_some(StopReason::Revoked),
         started_ms: None,
@@ -655,7 +643,7 @@ fn start<B: Broker + Clone>(
 /// settler.
 async fn execute<B: Broker + Clone>(
     lane: Arc<Lane<B>>,
-    delivery: Delivery,
+    delivery: Arc<Delivery>,
     slot: Option<OwnedSemaphorePermit>,
     stopped: watch::Receiver<bool>,
     progress: watch::Sender<Option<Progress>>,

@@ -50,6 +50,10 @@ impl Policies {
                 table = self.refresh(broker).await;
             }
         }
+        // Most namespaces set none: no key is built for them.
+        if table.is_empty() {
+            return None;
+        }
         let limit = table.get(&format!("{component}.{task}"))?.time_limit_ms?;
         Some(Duration::from_millis(limit))
     }
